@@ -1,0 +1,1 @@
+"""Training and loading Yuyan tokenizers (byte-level BPE)."""
