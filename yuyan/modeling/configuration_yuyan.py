@@ -235,7 +235,7 @@ class YuyanConfig(PreTrainedConfig):
             total += self.vocab_size * d
         attention = d * (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim
         attention += self.num_attention_heads * self.head_dim * d
-        lstm = 4 * d * (2 * d) + 2 * 4 * d
+        lstm = 4 * d * (2 * d) + 2 * 4 * d + d * d  # input and recurrent weights, two biases, out_proj
         mlp = 3 * d * self.intermediate_size + d if self.intermediate_size else 0
         for layer_type in self.layer_types:
             total += d + mlp + (attention if layer_type == "full_attention" else lstm)
