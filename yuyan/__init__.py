@@ -4,14 +4,7 @@ Importing `yuyan` registers the model with transformers' Auto classes, so a save
 `AutoModelForCausalLM.from_pretrained(path)` (no `trust_remote_code` needed while `yuyan` is imported).
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+import transformers
 
 from .modeling import (
     PRESETS,
@@ -23,24 +16,18 @@ from .modeling import (
     YuyanModel,
     YuyanPreTrainedModel,
 )
+from .modeling import modeling_yuyan as _modeling
 
 __version__ = "0.1.0"
 
-_AUTO_CLASSES = {
-    AutoModel: YuyanModel,
-    AutoModelForCausalLM: YuyanForCausalLM,
-    AutoModelForSequenceClassification: YuyanForSequenceClassification,
-    AutoModelForTokenClassification: YuyanForTokenClassification,
-    AutoModelForQuestionAnswering: YuyanForQuestionAnswering,
-}
-
-AutoConfig.register(YuyanConfig.model_type, YuyanConfig, exist_ok=True)
+transformers.AutoConfig.register(YuyanConfig.model_type, YuyanConfig, exist_ok=True)
 # `register_for_auto_class` makes `save_pretrained` write `auto_map` and copy the configuration and modeling files,
 # so the folder also loads with `trust_remote_code=True` where yuyan is not installed.
 YuyanConfig.register_for_auto_class()
-for _auto_class, _model_class in _AUTO_CLASSES.items():
-    _auto_class.register(YuyanConfig, _model_class, exist_ok=True)
-    _model_class.register_for_auto_class(_auto_class.__name__)
+for _auto_name, _class_name in _modeling.AUTO_CLASS_NAMES.items():
+    _model_class = getattr(_modeling, _class_name)
+    getattr(transformers, _auto_name).register(YuyanConfig, _model_class, exist_ok=True)
+    _model_class.register_for_auto_class(_auto_name)
 
 __all__ = [
     "__version__",

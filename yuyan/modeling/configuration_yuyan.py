@@ -203,6 +203,16 @@ class YuyanConfig(PreTrainedConfig):
                     f"eos_token_id={self.eos_token_id} is not allowed: ids must be in [0, vocab_size={self.vocab_size})."
                 )
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "YuyanConfig":
+        """Refuse the configuration of another model type instead of warning and building a half-Yuyan."""
+        model_type = config_dict.get("model_type")
+        if model_type is not None and model_type != cls.model_type:
+            raise ValueError(
+                f"this configuration is for a {model_type!r} model, not a Yuyan model (model_type {cls.model_type!r})."
+            )
+        return super().from_dict(config_dict, **kwargs)
+
     # --- conveniences --------------------------------------------------------------------------------------
 
     @classmethod

@@ -407,6 +407,52 @@ class YuyanPreTrainedModel(PreTrainedModel):
         "attentions": YuyanAttention,
     }
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, but a checkpoint that does not fit is a clear `ValueError`.
+
+        transformers re-initialises backbone weights that a checkpoint lacks (a checkpoint of another model) with
+        only a log line, and stops on weights whose shapes differ from the config with a pointer to its log. Both
+        become a `ValueError` saying what does not fit. Task heads missing from a language-model checkpoint
+        (`score`, `qa_outputs`) are expected and still load. `ignore_mismatched_sizes=True` keeps transformers'
+        lenient behaviour.
+        """
+        lenient = kwargs.get("ignore_mismatched_sizes", False)
+        wants_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise ValueError(
+                f"the checkpoint at {pretrained_model_name_or_path} has tensors whose shapes do not fit this "
+                "configuration (the load report above lists them, checkpoint vs model): is it a checkpoint of "
+                "another size, or the wrong config? Pass ignore_mismatched_sizes=True to re-initialise them."
+            ) from None
+        if not lenient:
+            prefix = f"{cls.base_model_prefix}." if hasattr(model, cls.base_model_prefix) else ""
+            missing = sorted(key for key in info["missing_keys"] if key.startswith(prefix))
+            if missing:
+                shown = ", ".join(missing[:6]) + (", ..." if len(missing) > 6 else "")
+                raise ValueError(
+                    f"the checkpoint at {pretrained_model_name_or_path} lacks {len(missing)} weights of the Yuyan "
+                    f"backbone ({shown}): it is not a checkpoint of this model. Pass ignore_mismatched_sizes=True "
+                    "to load it anyway with those weights freshly initialised."
+                )
+        return (model, info) if wants_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; with the code copied for remote loading, every head is listed in
+        `auto_map`, so a saved language model also loads as a classifier, tagger or QA model with
+        `trust_remote_code=True`."""
+        if getattr(type(self), "_auto_class", None) is not None:
+            module = self.__class__.__module__.rsplit(".", 1)[-1]
+            heads = {auto: f"{module}.{name}" for auto, name in AUTO_CLASS_NAMES.items()}
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **heads}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @property
     def _is_stateful(self) -> bool:
         # An LSTM state cannot be rolled back to a prefix, which assisted generation needs.
@@ -632,6 +678,15 @@ class YuyanForQuestionAnswering(GenericForQuestionAnswering, YuyanPreTrainedMode
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self.post_init()
 
+
+# Auto class -> model class, for `auto_map` in saved configs (the package registers the same pairs).
+AUTO_CLASS_NAMES = {
+    "AutoModel": "YuyanModel",
+    "AutoModelForCausalLM": "YuyanForCausalLM",
+    "AutoModelForSequenceClassification": "YuyanForSequenceClassification",
+    "AutoModelForTokenClassification": "YuyanForTokenClassification",
+    "AutoModelForQuestionAnswering": "YuyanForQuestionAnswering",
+}
 
 __all__ = [
     "YuyanPreTrainedModel",

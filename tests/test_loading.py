@@ -1,0 +1,196 @@
+"""Saving, loading, Auto-class registration and remote-code loading where `yuyan` cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+from model_helpers import STACKS, random_ids, tiny_config
+from yuyan import (
+    YuyanConfig,
+    YuyanForCausalLM,
+    YuyanForQuestionAnswering,
+    YuyanForSequenceClassification,
+    YuyanForTokenClassification,
+    YuyanModel,
+)
+
+ALL_STACKS = sorted(STACKS)
+HEADS = {
+    YuyanModel: AutoModel,
+    YuyanForCausalLM: AutoModelForCausalLM,
+    YuyanForSequenceClassification: AutoModelForSequenceClassification,
+    YuyanForTokenClassification: AutoModelForTokenClassification,
+    YuyanForQuestionAnswering: AutoModelForQuestionAnswering,
+}
+
+
+def outputs_of(model, ids):
+    with torch.no_grad():
+        out = model(ids)
+    return [v for v in out.values() if isinstance(v, torch.Tensor)]
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+@pytest.mark.parametrize("model_class", list(HEADS), ids=lambda c: c.__name__)
+def test_save_and_load_give_identical_outputs(tmp_path, stack, model_class):
+    torch.manual_seed(0)
+    model = model_class(tiny_config(stack, num_labels=3)).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = HEADS[model_class].from_pretrained(tmp_path).eval()
+    assert type(loaded) is model_class
+    ids = random_ids(2, 7)
+    for expected, got in zip(outputs_of(model, ids), outputs_of(loaded, ids), strict=True):
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_tied_checkpoint_stores_the_embedding_once(tmp_path):
+    YuyanForCausalLM(tiny_config("attention")).save_pretrained(tmp_path)
+    keys = load_file(tmp_path / "model.safetensors").keys()
+    assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys
+    loaded = YuyanForCausalLM.from_pretrained(tmp_path)
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+
+
+def test_bfloat16_loading(tmp_path):
+    torch.manual_seed(0)
+    model = YuyanForCausalLM(tiny_config("hybrid")).eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert all(p.dtype == torch.bfloat16 for p in loaded.parameters())
+    ids = random_ids(1, 6)
+    with torch.no_grad():
+        low, full = loaded(ids).logits, model(ids).logits
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), full, atol=0.15, rtol=0.05)
+    generated = loaded.generate(ids, max_new_tokens=4, do_sample=False)
+    assert generated.shape == (1, 10)
+
+
+def test_registration_with_the_auto_classes():
+    values = {k: v for k, v in tiny_config("hybrid").to_diff_dict().items() if k != "model_type"}
+    config = AutoConfig.for_model("yuyan", **values)
+    assert isinstance(config, YuyanConfig)
+    for model_class, auto_class in HEADS.items():
+        assert type(auto_class.from_config(config)) is model_class
+
+
+def test_saved_folder_carries_auto_map_and_self_contained_code(tmp_path):
+    YuyanForCausalLM(tiny_config("lstm")).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "yuyan"
+    assert config["auto_map"]["AutoConfig"] == "configuration_yuyan.YuyanConfig"
+    for model_class, auto_class in HEADS.items():
+        assert config["auto_map"][auto_class.__name__] == f"modeling_yuyan.{model_class.__name__}"
+    for name in ("configuration_yuyan.py", "modeling_yuyan.py"):
+        source = (tmp_path / name).read_text()
+        assert not re.search(r"^\s*(import|from) yuyan\b", source, re.MULTILINE), f"{name} imports the yuyan package"
+
+
+BLOCK_YUYAN = """
+import sys
+
+class BlockYuyan:
+    def find_spec(self, name, path=None, target=None):
+        if name == "yuyan" or name.startswith("yuyan."):
+            raise ImportError("yuyan is blocked in this process")
+
+sys.meta_path.insert(0, BlockYuyan())
+try:
+    import yuyan
+    raise SystemExit("yuyan was importable")
+except ImportError:
+    pass
+"""
+
+
+def run_without_yuyan(script: str, tmp_path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    # Run from a folder that does not hold the package, so that only the saved files can supply the code.
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_YUYAN + textwrap.dedent(script)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.parametrize("stack", ["lstm", "hybrid"])
+def test_remote_code_loading_without_yuyan_gives_the_same_logits(tmp_path, stack):
+    torch.manual_seed(0)
+    model = YuyanForCausalLM(tiny_config(stack)).eval()
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    ids = random_ids(2, 7)
+    torch.save(ids, tmp_path / "ids.pt")
+    with torch.no_grad():
+        expected = model(ids).logits
+        expected_generation = model.generate(ids[:1], max_new_tokens=5, do_sample=False)
+
+    result = run_without_yuyan(
+        f"""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+        model = AutoModelForCausalLM.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
+        assert "yuyan" not in sys.modules
+        assert type(model).__name__ == "YuyanForCausalLM", type(model)
+        ids = torch.load({str(tmp_path / "ids.pt")!r})
+        with torch.no_grad():
+            logits = model(ids).logits
+        generation = model.generate(ids[:1], max_new_tokens=5, do_sample=False)
+        torch.save({{"logits": logits, "generation": generation}}, {str(tmp_path / "out.pt")!r})
+        head = AutoModelForSequenceClassification.from_pretrained({str(model_dir)!r}, trust_remote_code=True,
+                                                                   num_labels=2)
+        assert type(head).__name__ == "YuyanForSequenceClassification"
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = torch.load(tmp_path / "out.pt")
+    torch.testing.assert_close(out["logits"], expected, atol=0, rtol=0)
+    torch.testing.assert_close(out["generation"], expected_generation)
+
+
+def test_mismatched_shapes_fail_with_a_clear_message(tmp_path):
+    YuyanForCausalLM(tiny_config("hybrid")).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="shapes do not fit this configuration"):
+        YuyanForCausalLM.from_pretrained(tmp_path, config=tiny_config("hybrid", hidden_size=64))
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    LlamaForCausalLM(
+        LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+    ).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="for a 'llama' model, not a Yuyan model"):
+        YuyanForCausalLM.from_pretrained(tmp_path)
+    # Even when forced through with a Yuyan config, the backbone weights are not there to load.
+    with pytest.raises(ValueError, match="lacks .* weights of the Yuyan backbone"):
+        YuyanForCausalLM.from_pretrained(tmp_path, config=tiny_config("attention", num_hidden_layers=2, layer_types=["full_attention"] * 2))
+
+
+def test_a_language_model_checkpoint_loads_into_a_task_head(tmp_path):
+    torch.manual_seed(0)
+    lm = YuyanForCausalLM(tiny_config("hybrid")).eval()
+    lm.save_pretrained(tmp_path)
+    head = YuyanForSequenceClassification.from_pretrained(tmp_path, num_labels=4).eval()
+    ids = random_ids(1, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(head.model(ids).last_hidden_state, lm.model(ids).last_hidden_state)
+    assert head.score.weight.shape == (4, 32)
