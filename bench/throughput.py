@@ -1,0 +1,221 @@
+"""Training and generation throughput of the Yuyan stacks against transformers' LlamaForCausalLM.
+
+Same run, same dimensions (width, depth, heads, MLP width, vocabulary, tied embeddings), same data:
+
+- training tokens/s: forward + backward + fused AdamW step on batches of `--batch` x `--seq` tokens, in float32
+  and in bfloat16 autocast (the mixed precision Accelerate uses), median over `--steps` timed steps;
+- the bf16 loss curve against the fp32 one (same initial weights, same batches);
+- `generate` tokens/s, greedy, at batch 1 and 8, median over `--repeats` runs;
+- one long greedy generation (`--long` new tokens, batch 1): tokens/s and the cache's size, short and long
+  (an all-LSTM model's must not grow).
+
+Tokens are the UTF-8 bytes of WikiText-2 (../shared/data) when present, so the loss curves mean something;
+random ids otherwise. Prints Markdown tables; `--json PATH` also writes the raw figures.
+
+    python bench/throughput.py                 # the README table (~10 minutes on 2 cores)
+    python bench/throughput.py --quick         # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from yuyan import YuyanConfig, YuyanForCausalLM
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2" / "train.txt"
+
+
+def token_stream(vocab_size: int, count: int, seed: int) -> torch.Tensor:
+    if DATA.exists():
+        data = torch.frombuffer(bytearray(DATA.read_bytes()[: count * 2]), dtype=torch.uint8).long()
+        return data[:count]
+    return torch.randint(0, vocab_size, (count,), generator=torch.Generator().manual_seed(seed))
+
+
+def llama_like(config: YuyanConfig) -> LlamaForCausalLM:
+    """transformers' Llama at the Yuyan config's dimensions."""
+    llama = LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.max_position_embeddings,
+        tie_word_embeddings=config.tie_word_embeddings,
+        rms_norm_eps=config.rms_norm_eps,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(llama)
+
+
+def build_models(preset_size: str) -> dict[str, torch.nn.Module]:
+    models = {}
+    for kind in ("attention", "lstm", "hybrid"):
+        torch.manual_seed(0)
+        models[f"yuyan {preset_size}-{kind}"] = YuyanForCausalLM(YuyanConfig.from_preset(f"{preset_size}-{kind}"))
+    torch.manual_seed(0)
+    models["HF Llama (sdpa)"] = llama_like(YuyanConfig.from_preset(f"{preset_size}-attention"))
+    return models
+
+
+def train_all(models: dict, initial: dict, batches, precision: str, warmup: int) -> dict[str, tuple]:
+    """Seconds per timed step and loss per step, for every model. The models take turns step by step, so that
+    noise from other work on the machine falls on all of them alike."""
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    optimizers = {}
+    for name, model in models.items():
+        model.load_state_dict(initial[name])
+        model.train()
+        optimizers[name] = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    times = {name: [] for name in models}
+    losses = {name: [] for name in models}
+    for step, batch in enumerate(batches):
+        for name, model in models.items():
+            start = time.perf_counter()
+            with autocast:
+                loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizers[name].step()
+            optimizers[name].zero_grad(set_to_none=True)
+            elapsed = time.perf_counter() - start
+            losses[name].append(loss.item())
+            if step >= warmup:
+                times[name].append(elapsed)
+    return {name: (times[name], losses[name]) for name in models}
+
+
+def cache_bytes(cache) -> int:
+    total = 0
+    for layer in cache.layers:
+        tensors = [getattr(layer, "keys", None), getattr(layer, "values", None)]
+        tensors += list(getattr(layer, "recurrent_states", {}).values())
+        total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return total
+
+
+@torch.no_grad()
+def generate_rate(model, batch: int, new_tokens: int, repeats: int, vocab: int) -> float:
+    model.eval()
+    prompt = torch.randint(3, vocab, (batch, 16), generator=torch.Generator().manual_seed(1))
+    settings = dict(
+        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
+        attention_mask=torch.ones_like(prompt),
+    )
+    model.generate(prompt, **dict(settings, max_new_tokens=4, min_new_tokens=4))  # warm-up
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.generate(prompt, **settings)
+        rates.append(batch * new_tokens / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+@torch.no_grad()
+def long_generation(model, new_tokens: int) -> tuple[float, int]:
+    """tokens/s over one long greedy generation at batch 1, and the cache's size at its end."""
+    model.eval()
+    prompt = torch.randint(3, 200, (1, 16), generator=torch.Generator().manual_seed(2))
+    start = time.perf_counter()
+    out = model.generate(
+        prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+        pad_token_id=0, return_dict_in_generate=True,
+    )
+    return new_tokens / (time.perf_counter() - start), cache_bytes(out.cache)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8, help="timed training steps per model and precision")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--gen-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--long", type=int, default=2048, help="new tokens for the cache-size check")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="few steps, short generation: a smoke run")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.warmup, args.gen_tokens, args.repeats, args.long = 2, 1, 16, 1, 128
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    models = build_models(args.preset)
+    vocab = next(iter(models.values())).config.vocab_size
+    total_steps = args.warmup + args.steps
+    stream = token_stream(vocab, total_steps * args.batch * args.seq, seed=0)
+    batches = list(stream.view(total_steps, args.batch, args.seq))
+    initial = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in models.items()}
+
+    results: dict[str, dict] = {name: {"parameters": m.num_parameters()} for name, m in models.items()}
+    tokens_per_step = args.batch * args.seq
+    for precision in ("fp32", "bf16"):
+        for name, (times, losses) in train_all(models, initial, batches, precision, args.warmup).items():
+            row = results[name]
+            row[f"train_{precision}_tokens_per_s"] = tokens_per_step / statistics.median(times)
+            row[f"train_{precision}_losses"] = losses
+            print(f"{name:<26} {precision}: {row[f'train_{precision}_tokens_per_s']:8.0f} tokens/s "
+                  f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+    for name, model in models.items():
+        row = results[name]
+        model.load_state_dict(initial[name])
+        for batch in (1, 8):
+            row[f"generate_b{batch}_tokens_per_s"] = generate_rate(model, batch, args.gen_tokens, args.repeats, vocab)
+        row["cache_bytes_short"] = long_generation(model, args.gen_tokens)[1]
+        row["generate_long_tokens_per_s"], row["cache_bytes_long"] = long_generation(model, args.long)
+        print(f"{name:<26} generate b1 {row['generate_b1_tokens_per_s']:.0f}/s, b8 "
+              f"{row['generate_b8_tokens_per_s']:.0f}/s, b1 over {args.long}: {row['generate_long_tokens_per_s']:.0f}/s",
+              flush=True)
+
+    reference = results["HF Llama (sdpa)"]
+    ref_train = reference["train_fp32_tokens_per_s"]
+    print(f"\n### Throughput, `{args.preset}` presets, batch {args.batch} x {args.seq}, "
+          f"{torch.get_num_threads()} threads, medians\n")
+    print("| model | params | train fp32 tok/s | ×Llama fp32 | train bf16 tok/s | ×Llama fp32 | ×Llama bf16 "
+          "| generate b1 tok/s | ×Llama | generate b8 tok/s | ×Llama |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, row in results.items():
+        print(
+            f"| {name} | {row['parameters'] / 1e6:.1f}M "
+            f"| {row['train_fp32_tokens_per_s']:.0f} | {row['train_fp32_tokens_per_s'] / ref_train:.2f} "
+            f"| {row['train_bf16_tokens_per_s']:.0f} | {row['train_bf16_tokens_per_s'] / ref_train:.2f} "
+            f"| {row['train_bf16_tokens_per_s'] / reference['train_bf16_tokens_per_s']:.2f} "
+            f"| {row['generate_b1_tokens_per_s']:.0f} "
+            f"| {row['generate_b1_tokens_per_s'] / reference['generate_b1_tokens_per_s']:.2f} "
+            f"| {row['generate_b8_tokens_per_s']:.0f} "
+            f"| {row['generate_b8_tokens_per_s'] / reference['generate_b8_tokens_per_s']:.2f} |"
+        )
+    print(f"\n### bf16 against fp32: loss after {total_steps} steps (same weights, same batches)\n")
+    print("| model | fp32 loss | bf16 loss | largest gap over the run |")
+    print("|---|---:|---:|---:|")
+    for name, row in results.items():
+        gap = max(abs(a - b) for a, b in zip(row["train_fp32_losses"], row["train_bf16_losses"]))
+        print(f"| {name} | {row['train_fp32_losses'][-1]:.3f} | {row['train_bf16_losses'][-1]:.3f} | {gap:.3f} |")
+    print(f"\n### Long generation, batch 1: {args.long} new tokens\n")
+    print(f"| model | tok/s over {args.long} | ×Llama | cache after {args.gen_tokens} tokens (bytes) "
+          f"| cache after {args.long} tokens (bytes) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, row in results.items():
+        ratio = row["generate_long_tokens_per_s"] / reference["generate_long_tokens_per_s"]
+        print(f"| {name} | {row['generate_long_tokens_per_s']:.0f} | {ratio:.2f} | {row['cache_bytes_short']:,} "
+              f"| {row['cache_bytes_long']:,} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
