@@ -206,6 +206,29 @@ class EpochShuffleSampler(Sampler[int]):
         return self.length
 
 
+def rng_neutral_iter(loader):
+    """Iterate `loader` without touching the global RNG. A DataLoader draws a seed from it for every new
+    iterator (lazily, at the first batch), and a resumed run starts one where the uninterrupted run did not:
+    dropout would then see other random numbers, and the weights would drift apart."""
+    state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def restore():
+        torch.set_rng_state(state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+    iterator = iter(loader)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        restore()
+        return
+    restore()
+    yield first
+    yield from iterator
+
+
 def collate_blocks(rows: list[dict]) -> dict[str, torch.Tensor]:
     ids = torch.stack([torch.as_tensor(row["input_ids"], dtype=torch.long) for row in rows])
     return {"input_ids": ids}
@@ -233,8 +256,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def measured_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     """FLOP/s of a large matmul on this device in the run's compute dtype: the denominator of MFU."""
     size = 2048 if device.type != "cpu" else 1024
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    generator = torch.Generator(device=device).manual_seed(0)  # leaves the global RNG (dropout's) untouched
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     torch.matmul(a, b)
     best = float("inf")
     for _ in range(3):
@@ -264,7 +288,7 @@ def evaluate_loss(model, dataloader, accelerator: Accelerator, max_batches: int 
     blocks that Accelerate repeats to even out the last batch across processes are not counted twice."""
     model.eval()
     losses = []
-    for index, batch in enumerate(dataloader):
+    for index, batch in enumerate(rng_neutral_iter(dataloader)):
         if max_batches is not None and index >= max_batches:
             break
         ids = batch["input_ids"]
@@ -422,6 +446,10 @@ def pretrain(
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
     )
     is_main = accelerator.is_main_process
+    # The documents first: a missing column or an unreadable file is reported before the output is touched.
+    with accelerator.main_process_first():
+        documents = load_documents(source)
+        validation_documents = load_documents(validation_source) if validation_source is not None else None
     resume_from = prepare_output(output, run_record, args) if is_main else None
     accelerator.wait_for_everyone()
     if not is_main and args.resume:
@@ -435,9 +463,8 @@ def pretrain(
     config = build_model_config(model_values, tokenizer)
 
     with accelerator.main_process_first():
-        documents = load_documents(source)
-        if validation_source is not None:
-            train_documents, validation_documents = documents, load_documents(validation_source)
+        if validation_documents is not None:
+            train_documents = documents
         else:
             train_documents, validation_documents = split_validation(documents, args.validation_fraction)
         train_blocks = tokenize_and_pack(train_documents, tokenizer, args.block_size, args.num_proc)
@@ -537,7 +564,7 @@ def pretrain(
         loader = train_loader
         if state["batches_in_epoch"]:
             loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
-        for batch in loader:
+        for batch in rng_neutral_iter(loader):
             with accelerator.accumulate(model):
                 loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
                 accelerator.backward(loss)
