@@ -391,6 +391,12 @@ class YuyanDecoderLayer(GradientCheckpointingLayer):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class YuyanCheckpointMismatchError(ValueError, RuntimeError):
+    """A checkpoint whose tensors do not fit the model. A `ValueError` (the message says what is wrong), and also
+    the `RuntimeError` that transformers raises for mismatched shapes, so code written against transformers'
+    contract (`except RuntimeError`) still catches it."""
+
+
 class YuyanPreTrainedModel(PreTrainedModel):
     config: YuyanConfig
     config_class = YuyanConfig
@@ -426,7 +432,7 @@ class YuyanPreTrainedModel(PreTrainedModel):
         except RuntimeError as error:
             if "ignore_mismatched_sizes" not in str(error):
                 raise
-            raise ValueError(
+            raise YuyanCheckpointMismatchError(
                 f"the checkpoint at {pretrained_model_name_or_path} has tensors whose shapes do not fit this "
                 "configuration (the load report above lists them, checkpoint vs model): is it a checkpoint of "
                 "another size, or the wrong config? Pass ignore_mismatched_sizes=True to re-initialise them."
@@ -436,7 +442,7 @@ class YuyanPreTrainedModel(PreTrainedModel):
             missing = sorted(key for key in info["missing_keys"] if key.startswith(prefix))
             if missing:
                 shown = ", ".join(missing[:6]) + (", ..." if len(missing) > 6 else "")
-                raise ValueError(
+                raise YuyanCheckpointMismatchError(
                     f"the checkpoint at {pretrained_model_name_or_path} lacks {len(missing)} weights of the Yuyan "
                     f"backbone ({shown}): it is not a checkpoint of this model. Pass ignore_mismatched_sizes=True "
                     "to load it anyway with those weights freshly initialised."
@@ -497,7 +503,11 @@ class YuyanModel(YuyanPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    # Both former names of `cache` (transformers' attention models said `past_key_values`, its recurrent ones
+    # `cache_params`) still work, with a deprecation warning; unhandled, they would vanish into **kwargs and the
+    # model would silently run without its cache.
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -578,7 +588,9 @@ class YuyanForCausalLM(YuyanPreTrainedModel, GenerationMixin):
     """Yuyan with a language-modelling head: P(w_t | w_<t) over the vocabulary."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-    _tp_plan = {"lm_head": "colwise_gather_output"}
+    # No `_tp_plan`: the backbone has no tensor-parallel plan (the fused qkv projection and the LSTM have no
+    # sharding rule), and a plan for the head alone would both claim TP support and shard a tied head apart from
+    # its (replicated) embedding.
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: YuyanConfig):
@@ -589,6 +601,7 @@ class YuyanForCausalLM(YuyanPreTrainedModel, GenerationMixin):
         self.post_init()
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")
     @can_return_tuple
     def forward(
         self,
@@ -642,6 +655,13 @@ class YuyanForCausalLM(YuyanPreTrainedModel, GenerationMixin):
         )
 
 
+def _accept_cache_params(forward: Callable) -> Callable:
+    """A generic head's `forward` that also takes the deprecated `cache_params`. The generic heads pass `cache=`
+    to the backbone explicitly, so a `cache_params` left in **kwargs would reach it beside `cache=None` and the
+    given cache would be dropped; renaming it here, as the backbone does, hands it on."""
+    return deprecate_kwarg("cache_params", "5.40.0", new_name="cache")(forward)
+
+
 def _build_backbone(head: PreTrainedModel, config: YuyanConfig) -> None:
     """The generic heads build their backbone through AutoModel; build it directly so remote code needs no lookup."""
     YuyanPreTrainedModel.__init__(head, config)
@@ -657,6 +677,8 @@ class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreT
         self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
         self.post_init()
 
+    forward = _accept_cache_params(GenericForSequenceClassification.forward)
+
 
 class YuyanForTokenClassification(GenericForTokenClassification, YuyanPreTrainedModel):
     """A label per token (tagging)."""
@@ -669,6 +691,8 @@ class YuyanForTokenClassification(GenericForTokenClassification, YuyanPreTrained
         self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    forward = _accept_cache_params(GenericForTokenClassification.forward)
+
 
 class YuyanForQuestionAnswering(GenericForQuestionAnswering, YuyanPreTrainedModel):
     """Extractive question answering: start and end logits per token."""
@@ -677,6 +701,8 @@ class YuyanForQuestionAnswering(GenericForQuestionAnswering, YuyanPreTrainedMode
         _build_backbone(self, config)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self.post_init()
+
+    forward = _accept_cache_params(GenericForQuestionAnswering.forward)
 
 
 # Auto class -> model class, for `auto_map` in saved configs (the package registers the same pairs).
@@ -696,4 +722,5 @@ __all__ = [
     "YuyanForTokenClassification",
     "YuyanForQuestionAnswering",
     "YuyanLSTMCacheLayer",
+    "YuyanCheckpointMismatchError",
 ]
