@@ -1,0 +1,459 @@
+"""Train, wrap and save Yuyan's byte-level BPE tokenizer.
+
+The tokenizer is a plain `tokenizers` pipeline wrapped in `transformers.PreTrainedTokenizerFast`, so a saved folder
+loads with `AutoTokenizer.from_pretrained(path)` on a machine where `yuyan` is not installed.
+
+Pipeline:
+
+- normaliser: Unicode NFC;
+- pre-tokeniser: one regular expression (`SPLIT_PATTERN`, explained below) cuts the text into pieces, then
+  `ByteLevel(use_regex=False)` maps each piece's UTF-8 bytes onto 256 printable characters;
+- model: BPE over those bytes, whose alphabet always holds all 256 bytes, so every string is encodable;
+- decoder: `ByteLevel`, the exact inverse of the byte mapping.
+
+Hence `decode(encode(s)) == unicodedata.normalize("NFC", s)` for every string `s` (lossless up to NFC), as long as
+special tokens are not skipped on decoding. ("Every string" means valid Unicode: a Python string holding a lone
+surrogate cannot be encoded as UTF-8 and is refused by `tokenizers`.) One caveat: the NFC is the one `tokenizers`
+computes, whose Unicode tables are older than recent Pythons'; about 50 combining marks of rare scripts added in
+Unicode 10-14 (e.g. U+0D3B, U+1ACA) are then not reordered the way `unicodedata` would. The round trip is exactly
+`tokenizer.backend_tokenizer.normalizer.normalize_str(s)` in every case. A text that contains a special token's
+literal string (e.g. `"<|endoftext|>"`) is encoded with that special token, as in GPT-2; decoding gives the same
+string back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENDOFTEXT = "<|endoftext|>"
+"""Document separator: the end-of-text token, used as both bos and eos."""
+PAD = "<|pad|>"
+SYSTEM, USER, ASSISTANT = "<|system|>", "<|user|>", "<|assistant|>"
+ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+BUILTIN_SPECIAL_TOKENS = (ENDOFTEXT, PAD, SYSTEM, USER, ASSISTANT)
+"""Always in the vocabulary, with ids 0-4 in this order; user extras follow from id 5."""
+BYTE_ALPHABET_SIZE = 256
+
+DEFAULT_VOCAB_SIZE = 8192
+DEFAULT_MIN_FREQUENCY = 2
+DEFAULT_MODEL_MAX_LENGTH = 2048
+DEFAULT_MAX_TOKEN_BYTES = 24
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pre-tokenisation. BPE never merges across the pieces this expression cuts, so it decides which tokens can exist.
+# Alternatives are tried in order at each position (leftmost first match, Oniguruma syntax as used by `tokenizers`).
+#
+# CJK is Han (which includes 々 and 〇) plus hiragana and katakana, and the prolonged sound mark ー, which Unicode
+# files under "Common". These scripts are written without spaces, so a run of them is the closest thing to a
+# "word" the expression can see. A run is one piece, so BPE can merge inside it and learn words (我们, 什么时候); it
+# ends at any punctuation mark, digit, space or non-CJK letter, so a sentence is never one piece: a clause at most,
+# and never glued to the Latin word or number beside it ("Python的库" is "Python" + "的库"). The run length is not
+# capped here (that would cut runs at arbitrary places); the trainer caps the token length instead
+# (`max_token_bytes`), which keeps long phrases that repeat in the corpus from becoming single tokens.
+#
+# Measured alternative (bench/README.md): letting a run keep one trailing mark (了。 吗？) helps sentences that end
+# a message, but costs as much on line-per-sentence text, where "。\n" is the better token; it was left out.
+_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\x{30FC}"
+_PIECES = (
+    # English contractions ('s 't 'm 'd 'll 've 're), case-insensitive, split from their word as in GPT-2.
+    r"'(?i:[sdmt]|ll|ve|re)",
+    # A word in any other script, with one leading space (GPT-2's convention: " world" is one token) and its
+    # combining marks (so Devanagari, Thai or decomposed accents stay inside their word).
+    rf" ?[\p{{L}}\p{{M}}&&[^{_CJK}]]+",
+    # A run of CJK characters, with one optional leading space.
+    rf" ?[{_CJK}]+",
+    # Digits one at a time (numbers are never merged: 2024 is 2 0 2 4), the first with its leading space.
+    r" ?\p{N}",
+    # Punctuation, symbols and emoji (ZWJ sequences, variation selectors and modifiers included), with a leading
+    # space and any newlines right after ("。\n", ".\n" and "}\n" are common tokens in prose and code).
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*",
+    # Whitespace: newlines with the spaces before them; a run of spaces minus the last one (which goes to the next
+    # word, as in GPT-2); trailing whitespace.
+    r"\s*[\r\n]+",
+    r"\s+(?!\S)",
+    r"\s+",
+)
+SPLIT_PATTERN = "|".join(_PIECES)
+
+# Roles map to special tokens; every message ends with eos so that a generated answer ends with it too. The assistant
+# part is wrapped in {% generation %} so `return_assistant_tokens_mask=True` can mask everything else in training.
+DEFAULT_CHAT_TEMPLATE = (
+    "{#- Yuyan chat format: <|endoftext|><|user|>\\n...<|endoftext|><|assistant|>\\n...<|endoftext|> -#}\n"
+    "{{- bos_token -}}\n"
+    "{%- for message in messages -%}\n"
+    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}\n"
+    "{{- raise_exception('Unknown chat role ' ~ message['role'] ~ ': the roles are system, user and assistant') -}}\n"
+    "{%- endif -%}\n"
+    "{%- if message['content'] is none -%}{%- set content = '' -%}\n"
+    "{%- elif message['content'] is string -%}{%- set content = message['content'] -%}\n"
+    "{%- else -%}{%- set content = message['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') -%}\n"
+    "{%- endif -%}\n"
+    "{{- '<|' ~ message['role'] ~ '|>\\n' -}}\n"
+    "{%- if message['role'] == 'assistant' -%}\n"
+    "{%- generation -%}{{- content ~ eos_token -}}{%- endgeneration -%}\n"
+    "{%- else -%}{{- content ~ eos_token -}}{%- endif -%}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}\n"
+)
+
+# Files that make up a saved tokenizer; `save_tokenizer(..., overwrite=True)` replaces exactly these in a folder.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
+)
+
+
+@dataclass
+class CorpusStats:
+    """What the trainer read: texts and UTF-8 bytes (after `max_texts` / `max_bytes`), and the training time."""
+
+    texts: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def special_tokens_list(extra: Iterable[str] = ()) -> list[str]:
+    """The built-in special tokens followed by the user's extras (duplicates dropped, order kept)."""
+    tokens = list(BUILTIN_SPECIAL_TOKENS)
+    for token in extra:
+        if not isinstance(token, str) or not token.strip():
+            raise ValueError(f"special tokens must be non-empty strings, got {token!r}")
+        if token != token.strip():
+            raise ValueError(f"special token {token!r} has leading or trailing whitespace")
+        if token not in tokens:
+            tokens.append(token)
+    return tokens
+
+
+def build_backend_tokenizer():
+    """An untrained `tokenizers.Tokenizer` with Yuyan's normaliser, pre-tokeniser and decoder (BPE model, empty)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def _check_vocab_size(vocab_size: Any, special_tokens: Sequence[str]) -> None:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise ValueError(f"vocab_size must be an integer, not {vocab_size!r}")
+    minimum = BYTE_ALPHABET_SIZE + len(special_tokens)
+    if vocab_size < minimum:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: the byte alphabet ({BYTE_ALPHABET_SIZE}) plus "
+            f"{len(special_tokens)} special tokens need at least {minimum}"
+        )
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output {str(output_dir)!r} exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise ValueError(f"output directory {str(output_dir)!r} is not empty; pass --overwrite (overwrite=True) to replace its tokenizer files")
+
+
+def _without_special_strings(texts: Iterable[str], special_tokens: Sequence[str]) -> Iterator[str]:
+    """Cut special tokens' literal strings out of the training texts: at encoding time they match as special
+    tokens, so merges learnt from them (like "<|" or "endoftext") would only waste vocabulary."""
+    import re
+
+    pattern = re.compile("|".join(re.escape(token) for token in sorted(special_tokens, key=len, reverse=True)))
+    for text in texts:
+        if pattern.search(text):
+            for piece in pattern.split(text):
+                if piece:
+                    yield piece
+        else:
+            yield text
+
+
+class _CountingIterator:
+    def __init__(self, texts: Iterable[str], stats: CorpusStats):
+        self._texts = iter(texts)
+        self._stats = stats
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        text = next(self._texts)
+        if not isinstance(text, str):
+            raise TypeError(f"texts must be strings, got {type(text).__name__}")
+        self._stats.texts += 1
+        self._stats.bytes += len(text.encode("utf-8"))
+        return text
+
+
+def _source_iterator(texts, files, text_column: str, txt_split: str, separator: str | None) -> tuple[Iterator[str], str]:
+    from .data import iter_texts, texts_from_records
+
+    if (texts is None) == (files is None):
+        raise ValueError("pass exactly one of texts=... (an iterable of strings or a dataset) or files=... (paths or globs)")
+    if files is not None:
+        paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+        stream = iter_texts(paths, text_column=text_column, txt_split=txt_split, separator=separator)
+        shown = ", ".join(map(str, paths[:3])) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        return stream, shown
+    return texts_from_records(texts, text_column), "the given texts"
+
+
+def _train(
+    texts: Iterable[Any] | None = None,
+    *,
+    files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    text_column: str = "text",
+    txt_split: str = "line",
+    separator: str | None = None,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    min_frequency: int = DEFAULT_MIN_FREQUENCY,
+    special_tokens: Iterable[str] = (),
+    max_texts: int | None = None,
+    max_bytes: int | None = None,
+    max_token_bytes: int | None = DEFAULT_MAX_TOKEN_BYTES,
+    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+    padding_side: str = "right",
+    chat_template: str | None = DEFAULT_CHAT_TEMPLATE,
+    output_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    show_progress: bool | None = None,
+):
+    from tokenizers import AddedToken, pre_tokenizers, trainers
+
+    from .data import limit_texts
+
+    # Every argument is checked before the corpus is read, and the corpus is read before anything is written.
+    all_special = special_tokens_list(special_tokens)
+    _check_vocab_size(vocab_size, all_special)
+    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
+        raise ValueError(f"min_frequency must be a positive integer, not {min_frequency!r}")
+    if max_token_bytes is not None and (not isinstance(max_token_bytes, int) or max_token_bytes < 4):
+        raise ValueError(f"max_token_bytes must be an integer of at least 4 (one UTF-8 character), or None; not {max_token_bytes!r}")
+    _check_wrapper_args(model_max_length, padding_side)
+    if output_dir is not None:
+        _check_output_dir(Path(output_dir), overwrite)
+    stream, source = _source_iterator(texts, files, text_column, txt_split, separator)
+    stream = limit_texts(stream, max_texts=max_texts, max_bytes=max_bytes)
+
+    # An empty corpus is reported before training. Texts that are only whitespace before the first real one are
+    # dropped: with nothing else they would train a vocabulary of whitespace.
+    for first in stream:
+        if first.strip():
+            break
+    else:
+        raise ValueError(f"empty corpus: {source} hold no text (nothing but empty or whitespace-only texts)")
+    stats = CorpusStats()
+    counted = _CountingIterator(itertools.chain([first], stream), stats)
+
+    backend = build_backend_tokenizer()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[AddedToken(token, special=True, normalized=False) for token in all_special],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not: nothing is unknown
+        show_progress=sys.stderr.isatty() if show_progress is None else bool(show_progress),
+        max_token_length=max_token_bytes,  # ByteLevel maps one byte to one character, so this counts bytes
+    )
+    start = time.perf_counter()
+    # `length` only sizes the progress bar; with max_texts it is an upper bound, otherwise unknown.
+    backend.train_from_iterator(_without_special_strings(counted, all_special), trainer=trainer, length=max_texts)
+    stats.seconds = time.perf_counter() - start
+
+    tokenizer = wrap_tokenizer(
+        backend,
+        extra_special_tokens=all_special[len(BUILTIN_SPECIAL_TOKENS):],
+        model_max_length=model_max_length,
+        padding_side=padding_side,
+        chat_template=chat_template,
+    )
+    if output_dir is not None:
+        save_tokenizer(tokenizer, output_dir, overwrite=overwrite)
+    return tokenizer, stats
+
+
+def train_tokenizer(
+    texts: Iterable[Any] | None = None,
+    *,
+    files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    text_column: str = "text",
+    txt_split: str = "line",
+    separator: str | None = None,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    min_frequency: int = DEFAULT_MIN_FREQUENCY,
+    special_tokens: Iterable[str] = (),
+    max_texts: int | None = None,
+    max_bytes: int | None = None,
+    max_token_bytes: int | None = DEFAULT_MAX_TOKEN_BYTES,
+    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+    padding_side: str = "right",
+    chat_template: str | None = DEFAULT_CHAT_TEMPLATE,
+    output_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    show_progress: bool | None = None,
+):
+    """Train a byte-level BPE tokenizer and return it as a `transformers.PreTrainedTokenizerFast`.
+
+    The corpus is streamed (one text in memory at a time on the Python side), from exactly one of:
+
+    - `texts`: an iterable of strings, of mappings holding `text_column` (dicts, rows), or a `datasets.Dataset` /
+      `IterableDataset` (its `text_column` is read); see also `iter_dataset_texts`;
+    - `files`: paths, directories or glob patterns, read by `iter_texts` (`text_column`, `txt_split`, `separator`).
+
+    Args:
+        vocab_size: size of the vocabulary, special tokens and the 256 byte tokens included; at least
+            256 + the number of special tokens. A small corpus may give fewer tokens: then `len(tokenizer)` is less.
+        min_frequency: a pair must occur this often to be merged.
+        special_tokens: extra special tokens, given ids right after the built-in ones (`<|endoftext|>` 0,
+            `<|pad|>` 1, `<|system|>` 2, `<|user|>` 3, `<|assistant|>` 4).
+        max_texts, max_bytes: stop reading the corpus after this many texts / at least this many UTF-8 bytes.
+        max_token_bytes: longest token the trainer may build, in UTF-8 bytes (24 = 8 Han characters); None for no limit.
+        model_max_length: the longest sequence the model takes (saved; used by truncation).
+        padding_side: "right" (training) or "left" (batched generation).
+        chat_template: Jinja chat template; the default is `DEFAULT_CHAT_TEMPLATE`; None for none.
+        output_dir: if given, the tokenizer is saved there (see `save_tokenizer`); nothing is written on failure.
+        overwrite: allow `output_dir` to be a non-empty directory (its tokenizer files are replaced).
+        show_progress: show the trainer's progress bars; by default only when stderr is a terminal.
+
+    The tokenizer does not add bos/eos on its own (GPT-2 convention): put `tokenizer.eos_token` between
+    documents when packing a corpus. `special_token_ids(tokenizer)` gives the ids for `YuyanConfig`.
+
+    Raises:
+        ValueError: an empty corpus, a vocabulary too small, bad arguments, unreadable or malformed input, or a
+            non-empty `output_dir` without `overwrite`.
+        FileNotFoundError: a path or pattern in `files` that matches nothing.
+    """
+    tokenizer, _ = _train(
+        texts, files=files, text_column=text_column, txt_split=txt_split, separator=separator, vocab_size=vocab_size,
+        min_frequency=min_frequency, special_tokens=special_tokens, max_texts=max_texts, max_bytes=max_bytes,
+        max_token_bytes=max_token_bytes, model_max_length=model_max_length, padding_side=padding_side,
+        chat_template=chat_template, output_dir=output_dir, overwrite=overwrite, show_progress=show_progress,
+    )
+    return tokenizer
+
+
+def _check_wrapper_args(model_max_length: Any, padding_side: Any) -> None:
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+    if isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length < 1:
+        raise ValueError(f"model_max_length must be a positive integer, not {model_max_length!r}")
+
+
+def wrap_tokenizer(
+    backend,
+    *,
+    extra_special_tokens: Sequence[str] = (),
+    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+    padding_side: str = "right",
+    chat_template: str | None = DEFAULT_CHAT_TEMPLATE,
+):
+    """Wrap a trained `tokenizers.Tokenizer` (holding the built-in special tokens) as a `PreTrainedTokenizerFast`."""
+    from transformers import PreTrainedTokenizerFast
+
+    _check_wrapper_args(model_max_length, padding_side)
+    vocab = backend.get_vocab(with_added_tokens=True)
+    missing = [token for token in (*BUILTIN_SPECIAL_TOKENS, *extra_special_tokens) if token not in vocab]
+    if missing:
+        raise ValueError(f"the tokenizer lacks the special tokens {missing}")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=ENDOFTEXT,
+        eos_token=ENDOFTEXT,
+        pad_token=PAD,
+        extra_special_tokens=[SYSTEM, USER, ASSISTANT, *extra_special_tokens],
+        model_max_length=model_max_length,
+        padding_side=padding_side,
+        clean_up_tokenization_spaces=False,
+        model_input_names=["input_ids", "attention_mask"],
+        chat_template=chat_template,
+    )
+
+
+def special_token_ids(tokenizer) -> dict[str, int | None]:
+    """`{"bos_token_id", "eos_token_id", "pad_token_id"}` of a tokenizer (or of a saved tokenizer folder), ready
+    for `YuyanConfig(vocab_size=len(tokenizer), **special_token_ids(tokenizer))`."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def save_tokenizer(tokenizer, output_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Save with `save_pretrained` into a temporary folder beside `output_dir`, then move it into place.
+
+    `tokenizer_config.json` also gets `bos_token_id`, `eos_token_id` and `pad_token_id`, readable without
+    transformers. If `output_dir` is missing or empty it is replaced by the new folder in one rename. A non-empty
+    folder is refused unless `overwrite`; then its tokenizer files (`TOKENIZER_FILES`) are replaced one by one
+    (`os.replace`), stale ones removed, and every other file in it (model weights, say) is left alone.
+    """
+    output_dir = Path(output_dir)
+    _check_output_dir(output_dir, overwrite)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    try:
+        tokenizer.save_pretrained(str(staging))
+        config_path = staging / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config.update(special_token_ids(tokenizer))
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if output_dir.is_dir() and any(output_dir.iterdir()):
+            written = {path.name for path in staging.iterdir()}
+            for name in written:
+                os.replace(staging / name, output_dir / name)
+            for name in TOKENIZER_FILES:
+                if name not in written and (output_dir / name).is_file():
+                    (output_dir / name).unlink()
+            shutil.rmtree(staging)
+        else:
+            if output_dir.is_dir():
+                output_dir.rmdir()
+            os.replace(staging, output_dir)
+            # mkdtemp creates the folder with mode 0o700; give it the usual permissions.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(output_dir, 0o777 & ~umask)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+__all__ = [
+    "ASSISTANT",
+    "BUILTIN_SPECIAL_TOKENS",
+    "CorpusStats",
+    "DEFAULT_CHAT_TEMPLATE",
+    "ENDOFTEXT",
+    "PAD",
+    "ROLE_TOKENS",
+    "SPLIT_PATTERN",
+    "SYSTEM",
+    "USER",
+    "build_backend_tokenizer",
+    "save_tokenizer",
+    "special_token_ids",
+    "special_tokens_list",
+    "train_tokenizer",
+    "wrap_tokenizer",
+]

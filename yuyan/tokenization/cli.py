@@ -1,0 +1,135 @@
+"""`yuyan tokenizer ...`: the command-line front of `yuyan.tokenization` (argument parsing only)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from .bpe import (
+    DEFAULT_CHAT_TEMPLATE,
+    DEFAULT_MAX_TOKEN_BYTES,
+    DEFAULT_MIN_FREQUENCY,
+    DEFAULT_MODEL_MAX_LENGTH,
+    DEFAULT_VOCAB_SIZE,
+)
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: str) -> int:
+    """'500000', '200K', '1.5M', '2G', '64MiB' -> bytes (K/M/G/T are powers of 1000, KiB/MiB/... of 1024)."""
+    match = _SIZE.match(value)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {value!r} (examples: 500000, 200K, 1.5M, 2G, 64MiB)")
+    number, unit, binary = match.groups()
+    power = "kmgt".find(unit.lower()) + 1 if unit else 0
+    size = int(float(number) * (1024 if binary else 1000) ** power)
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {value!r}")
+    return size
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
+    return number
+
+
+def add_tokenizer_commands(subparsers) -> None:
+    tokenizer = subparsers.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    commands = tokenizer.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
+    tokenizer.set_defaults(handler=lambda args: tokenizer.print_help())
+
+    train = commands.add_parser(
+        "train",
+        help="train a tokenizer on files or a datasets dataset",
+        description=(
+            "Train a byte-level BPE tokenizer (NFC, digits split, CJK runs kept apart, lossless) and save a folder "
+            "that transformers.AutoTokenizer.from_pretrained loads without yuyan."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = train.add_argument_group("corpus (one of --data or --dataset)")
+    source.add_argument(
+        "--data", nargs="+", metavar="PATH",
+        help="files, directories or glob patterns: .txt/.md, .jsonl/.json, .csv/.tsv, .parquet (text formats may be .gz/.bz2/.xz)",
+    )
+    source.add_argument("--dataset", metavar="NAME", help="a datasets dataset: Hub name, local data folder or save_to_disk folder")
+    source.add_argument("--dataset-config", metavar="C", help="dataset configuration name")
+    source.add_argument("--split", default="train", help="dataset split")
+    source.add_argument("--no-streaming", action="store_true", help="download/load the whole dataset instead of streaming it")
+    source.add_argument("--text-column", default="text", help="field or column holding the text (json, jsonl, csv, parquet, datasets)")
+    source.add_argument(
+        "--txt-split", choices=("line", "paragraph", "file"), default="line",
+        help="what one text is in a .txt file",
+    )
+    source.add_argument("--txt-separator", metavar="STR", help="split .txt files on this literal string instead (e.g. '<|endoftext|>')")
+    source.add_argument("--max-texts", type=_positive_int, metavar="N", help="read at most N texts")
+    source.add_argument("--max-bytes", type=parse_size, metavar="SIZE", help="stop after SIZE bytes of text, e.g. 200M")
+
+    model = train.add_argument_group("tokenizer")
+    model.add_argument("--vocab-size", type=_positive_int, default=DEFAULT_VOCAB_SIZE, metavar="N", help="vocabulary size, special and byte tokens included")
+    model.add_argument("--min-frequency", type=_positive_int, default=DEFAULT_MIN_FREQUENCY, metavar="N", help="a pair must occur N times to be merged")
+    model.add_argument("--special-tokens", nargs="+", default=[], metavar="TOKEN", help="extra special tokens (after <|endoftext|> <|pad|> <|system|> <|user|> <|assistant|>)")
+    model.add_argument("--max-token-bytes", type=_positive_int, default=DEFAULT_MAX_TOKEN_BYTES, metavar="N", help="longest token in UTF-8 bytes")
+    model.add_argument("--model-max-length", type=_positive_int, default=DEFAULT_MODEL_MAX_LENGTH, metavar="N", help="model_max_length saved with the tokenizer")
+    model.add_argument("--padding-side", choices=("right", "left"), default="right", help="left for batched generation")
+    model.add_argument("--no-chat-template", action="store_true", help="save without the default chat template")
+
+    output = train.add_argument_group("output")
+    output.add_argument("--output", required=True, metavar="DIR", help="folder to save the tokenizer in")
+    output.add_argument("--overwrite", action="store_true", help="replace the tokenizer files of a non-empty DIR")
+    progress = output.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
+    progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
+    train.set_defaults(handler=run_train)
+
+
+def run_train(args) -> None:
+    from .bpe import _train
+    from .data import iter_dataset_texts
+
+    if (args.data is None) == (args.dataset is None):
+        raise ValueError("give the corpus with exactly one of --data PATH... or --dataset NAME")
+    if args.data is None and (args.txt_separator or args.txt_split != "line"):
+        raise ValueError("--txt-split and --txt-separator apply to --data .txt files only")
+    common = dict(
+        text_column=args.text_column,
+        vocab_size=args.vocab_size,
+        min_frequency=args.min_frequency,
+        special_tokens=args.special_tokens,
+        max_texts=args.max_texts,
+        max_bytes=args.max_bytes,
+        max_token_bytes=args.max_token_bytes,
+        model_max_length=args.model_max_length,
+        padding_side=args.padding_side,
+        chat_template=None if args.no_chat_template else DEFAULT_CHAT_TEMPLATE,
+        output_dir=args.output,
+        overwrite=args.overwrite,
+        show_progress=args.progress,
+    )
+    if args.data is not None:
+        tokenizer, stats = _train(files=args.data, txt_split=args.txt_split, separator=args.txt_separator, **common)
+        source = " ".join(args.data)
+    else:
+        texts = iter_dataset_texts(
+            args.dataset, args.dataset_config, split=args.split, text_column=args.text_column,
+            streaming=not args.no_streaming,
+        )
+        tokenizer, stats = _train(texts, **common)
+        source = f"dataset {args.dataset}" + (f" ({args.dataset_config})" if args.dataset_config else "") + f", split {args.split}"
+
+    size = len(tokenizer)
+    print(f"Trained on {stats.texts:,} texts ({stats.bytes / 1e6:,.1f} MB) from {source} in {stats.seconds:.1f} s.")
+    note = "" if size >= args.vocab_size else f" (asked for {args.vocab_size:,}: the corpus has no more pairs seen {args.min_frequency}+ times)"
+    print(f"Vocabulary: {size:,} tokens{note}.")
+    print(
+        f"Special tokens: bos/eos {tokenizer.eos_token} = {tokenizer.eos_token_id}, pad {tokenizer.pad_token} = "
+        f"{tokenizer.pad_token_id}; others: {', '.join(tokenizer.extra_special_tokens) or 'none'}."
+    )
+    print(f"Saved to {args.output} (load it with transformers.AutoTokenizer.from_pretrained).")
+
