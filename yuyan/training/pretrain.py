@@ -522,7 +522,7 @@ def pretrain(
     accelerator.register_for_checkpointing(scheduler)
 
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "tokens_seen": 0, "train_seconds": 0.0,
-             "loss_history": [], "eval_history": []}
+             "loss_history": [], "eval_history": [], "time_history": []}
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         state.update(json.loads((resume_from / STATE_FILE).read_text()))
@@ -599,6 +599,7 @@ def pretrain(
                 progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_second:,.0f}",
                                      mfu=f"{metrics['train/mfu']:.0%}")
                 accelerator.log(metrics, step=state["step"])
+                state["time_history"].append([state["step"], round(state["train_seconds"], 3)])
                 window_start, window_tokens = time.perf_counter(), 0
             if state["step"] % args.eval_steps == 0 and state["step"] < total_steps:
                 result = evaluate_loss(model, validation_loader, accelerator, args.eval_batches)
@@ -641,6 +642,7 @@ def pretrain(
         "hardware": platform.processor() or platform.machine(),
         "loss_history": state["loss_history"],
         "eval_history": state["eval_history"],
+        "time_history": state["time_history"],
         "train_data": run_record["data"]["train"],
         "validation_data": run_record["data"]["validation"],
     }

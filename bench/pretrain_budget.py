@@ -1,0 +1,197 @@
+"""Pretraining on WikiText-2 under a fixed wall-clock budget: the Yuyan `small` stacks against transformers'
+LlamaForCausalLM at the same dimensions, trained the way transformers' `run_clm` example trains it (Trainer
+defaults: AdamW, learning rate 5e-5, linear decay over 3 epochs, fp32).
+
+Every model gets the same tokenizer (byte-level BPE trained on the training split), the same packed blocks and the
+same budget. Afterwards each is scored on the validation and test files with `yuyan eval`'s strided evaluation:
+word-level perplexity as the WikiText papers count it (whitespace words + one end-of-line per line), so the
+numbers sit beside published LSTM results whatever the tokenizer.
+
+    python bench/pretrain_budget.py                       # 20 minutes per model (about 90 minutes in all)
+    python bench/pretrain_budget.py --minutes 5           # a shorter budget
+    python bench/pretrain_budget.py --minutes 0.2 --eval-chars 20000 --models attention   # a smoke run
+
+Writes OUTPUT/results.json, OUTPUT/loss_vs_time.png and prints a Markdown table. Each Yuyan model trains in its
+own `yuyan pretrain` process (the same command a user runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "wikitext-2"
+
+
+def train_yuyan(kind: str, args, tokenizer_dir: Path, output: Path) -> dict:
+    command = [
+        sys.executable, "-m", "yuyan.cli", "pretrain", "--config", str(REPO / "configs" / f"small-{kind}.yaml"),
+        "--data", str(DATA / "train.txt"), "--validation-data", str(DATA / "valid.txt"),
+        "--tokenizer", str(tokenizer_dir), "--output", str(output), "--max-minutes", str(args.minutes),
+        "--max-steps", str(args.schedule_steps), "--mixed-precision", args.mixed_precision,
+        "--eval-steps", "100000", "--save-steps", "100000", "--logging-steps", "20", "--overwrite",
+        "--block-size", str(args.block_size),
+    ]
+    subprocess.run(command, check=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    metrics = json.loads((output / "metrics.json").read_text())
+    losses = dict(metrics["loss_history"])
+    return {
+        "tokens_seen": metrics["tokens_seen"],
+        "train_seconds": metrics["train_seconds"],
+        "parameters": metrics["parameters"],
+        "curve": [(seconds, losses[step]) for step, seconds in metrics["time_history"]],
+    }
+
+
+def train_llama(args, tokenizer_dir: Path, output: Path) -> dict:
+    """LlamaForCausalLM with the Trainer's defaults (the run_clm recipe), stopped by the same time budget."""
+    import torch
+    from transformers import (
+        AutoTokenizer, DataCollatorForLanguageModeling, LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback,
+        TrainingArguments,
+    )
+
+    from yuyan import YuyanConfig
+    from yuyan.training.data import TextSource, load_documents, tokenize_and_pack
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    blocks = tokenize_and_pack(load_documents(TextSource(files=[str(DATA / "train.txt")])), tokenizer, args.block_size)
+    reference = YuyanConfig.from_preset("small-attention", vocab_size=len(tokenizer))
+    torch.manual_seed(42)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=reference.hidden_size, intermediate_size=reference.intermediate_size,
+        num_hidden_layers=reference.num_hidden_layers, num_attention_heads=reference.num_attention_heads,
+        num_key_value_heads=reference.num_key_value_heads, max_position_embeddings=reference.max_position_embeddings,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    ))
+    curve: list[tuple[float, float]] = []
+
+    class TimeBudget(TrainerCallback):
+        def on_train_begin(self, arguments, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_log(self, arguments, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                curve.append((time.perf_counter() - self.start, logs["loss"]))
+
+        def on_step_end(self, arguments, state, control, **kwargs):
+            if time.perf_counter() - self.start >= args.minutes * 60:
+                control.should_training_stop = True
+
+    training_args = TrainingArguments(
+        output_dir=str(output), per_device_train_batch_size=16, logging_steps=20, save_strategy="no",
+        report_to="none", num_train_epochs=3, seed=42, dataloader_drop_last=True,
+    )
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=blocks.with_format(None),
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=[TimeBudget()],
+    )
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    trainer.save_model(str(output))
+    tokenizer.save_pretrained(str(output))
+    return {
+        "tokens_seen": trainer.state.global_step * 16 * args.block_size,
+        "train_seconds": seconds,
+        "parameters": model.num_parameters(),
+        "curve": curve,
+    }
+
+
+def evaluate(model_dir: Path, args) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import yuyan  # noqa: F401  (registers the Yuyan Auto classes)
+    from yuyan.training.evaluation import evaluate_text
+
+    # Not `load_model_and_tokenizer`: that one accepts Yuyan folders only, and Llama is scored the same way.
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    scores = {}
+    for split in ("valid", "test"):
+        text = (DATA / f"{split}.txt").read_text(encoding="utf-8")
+        if args.eval_chars:
+            text = text[: args.eval_chars]
+        result = evaluate_text(model, tokenizer, text, block_size=args.block_size, stride=args.block_size // 2,
+                               batch_size=16)
+        scores[split] = {k: result[k] for k in ("word_perplexity", "perplexity", "bits_per_byte", "tokens", "words")}
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=20.0, help="training budget per model")
+    parser.add_argument("--models", nargs="+", default=["attention", "lstm", "hybrid", "llama"])
+    parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "pretrain")
+    parser.add_argument("--vocab-size", type=int, default=16384)
+    parser.add_argument("--block-size", type=int, default=256)
+    parser.add_argument("--mixed-precision", default="bf16", help="for the Yuyan runs (Llama keeps fp32, as run_clm)")
+    parser.add_argument("--schedule-steps", type=int, default=None,
+                        help="length of the Yuyan learning-rate schedule (default: what the budget allows, estimated)")
+    parser.add_argument("--eval-chars", type=int, default=None, help="score only this many characters (smoke runs)")
+    args = parser.parse_args()
+    if not DATA.exists():
+        sys.exit(f"WikiText-2 not found at {DATA}")
+    if args.schedule_steps is None:
+        # The cosine schedule should end where the budget does; ~1 step/s at `small` size on 2 cores.
+        args.schedule_steps = max(50, int(args.minutes * 60 * 1.0))
+    args.output.mkdir(parents=True, exist_ok=True)
+
+    tokenizer_dir = args.output / "tokenizer"
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        from yuyan.tokenization import train_tokenizer
+
+        train_tokenizer(files=[DATA / "train.txt"], vocab_size=args.vocab_size, output_dir=tokenizer_dir,
+                        txt_split="paragraph")
+
+    results = {}
+    for name in args.models:
+        folder = args.output / name
+        print(f"\n=== {name}: {args.minutes} minutes ===", flush=True)
+        run = train_llama(args, tokenizer_dir, folder) if name == "llama" else train_yuyan(name, args, tokenizer_dir, folder)
+        run["scores"] = evaluate(folder, args)
+        results[name] = run
+        (args.output / "results.json").write_text(json.dumps(results, indent=1))
+
+    labels = {"attention": "Yuyan small-attention", "lstm": "Yuyan small-lstm", "hybrid": "Yuyan small-hybrid",
+              "llama": "HF Llama, run_clm recipe (Trainer defaults, fp32)"}
+    print(f"\n### WikiText-2, {args.minutes:g} minutes of training per model, 2-core CPU\n")
+    print("| model | params | tokens seen | tokens/s | valid word ppl | test word ppl | test token ppl | test bits/byte |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, run in results.items():
+        valid, test = run["scores"]["valid"], run["scores"]["test"]
+        print(f"| {labels[name]} | {run['parameters'] / 1e6:.1f}M | {run['tokens_seen']:,} "
+              f"| {run['tokens_seen'] / run['train_seconds']:,.0f} | {valid['word_perplexity']:,.1f} "
+              f"| {test['word_perplexity']:,.1f} | {test['perplexity']:.1f} | {test['bits_per_byte']:.3f} |")
+    print("\nAnchors on these files: pytorch/examples' tied 2-layer LSTM, 40 epochs on a GPU: 87.17 test word "
+          "perplexity; AWD-LSTM: 65.8.")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    for name, run in results.items():
+        if run["curve"]:
+            seconds, losses = zip(*run["curve"])
+            axis.plot([s / 60 for s in seconds], losses, label=labels[name])
+    axis.set_xlabel("training time (minutes)")
+    axis.set_ylabel("training loss (nats per token)")
+    axis.set_title(f"WikiText-2, {args.minutes:g}-minute budget")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(args.output / "loss_vs_time.png", dpi=120)
+    print(f"\nplot: {args.output / 'loss_vs_time.png'}")
+
+
+if __name__ == "__main__":
+    main()
