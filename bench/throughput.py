@@ -5,9 +5,9 @@ Same run, same dimensions (width, depth, heads, MLP width, vocabulary, tied embe
 - training tokens/s: forward + backward + fused AdamW step on batches of `--batch` x `--seq` tokens, in float32
   and in bfloat16 autocast (the mixed precision Accelerate uses), median over `--steps` timed steps;
 - the bf16 loss curve against the fp32 one (same initial weights, same batches);
-- `generate` tokens/s, greedy, at batch 1 and 8, median over `--repeats` runs;
-- one long greedy generation (`--long` new tokens, batch 1): tokens/s and the cache's size, short and long
-  (an all-LSTM model's must not grow).
+- `generate` tokens/s, greedy, at batch 1 and 8 (`--gen-tokens` new tokens), and over one long generation
+  (`--long` new tokens, batch 1) with the cache's size at its end (an all-LSTM model's must not grow); medians of
+  `--repeats` runs, the models taking turns.
 
 Tokens are the UTF-8 bytes of WikiText-2 (../shared/data) when present, so the loss curves mean something;
 random ids otherwise. Prints Markdown tables; `--json PATH` also writes the raw figures.
@@ -105,33 +105,16 @@ def cache_bytes(cache) -> int:
 
 
 @torch.no_grad()
-def generate_rate(model, batch: int, new_tokens: int, repeats: int, vocab: int) -> float:
+def generation_rate(model, batch: int, new_tokens: int, vocab: int) -> tuple[float, int]:
+    """Greedy tokens/s of one `generate` call (prompt of 16 tokens), and the cache's size at its end."""
     model.eval()
     prompt = torch.randint(3, vocab, (batch, 16), generator=torch.Generator().manual_seed(1))
-    settings = dict(
-        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
-        attention_mask=torch.ones_like(prompt),
-    )
-    model.generate(prompt, **dict(settings, max_new_tokens=4, min_new_tokens=4))  # warm-up
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.generate(prompt, **settings)
-        rates.append(batch * new_tokens / (time.perf_counter() - start))
-    return statistics.median(rates)
-
-
-@torch.no_grad()
-def long_generation(model, new_tokens: int) -> tuple[float, int]:
-    """tokens/s over one long greedy generation at batch 1, and the cache's size at its end."""
-    model.eval()
-    prompt = torch.randint(3, 200, (1, 16), generator=torch.Generator().manual_seed(2))
     start = time.perf_counter()
     out = model.generate(
-        prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
-        pad_token_id=0, return_dict_in_generate=True,
+        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+        do_sample=False, eos_token_id=None, pad_token_id=0, return_dict_in_generate=True,
     )
-    return new_tokens / (time.perf_counter() - start), cache_bytes(out.cache)
+    return batch * new_tokens / (time.perf_counter() - start), cache_bytes(out.cache)
 
 
 def main() -> None:
@@ -169,13 +152,21 @@ def main() -> None:
             row[f"train_{precision}_losses"] = losses
             print(f"{name:<26} {precision}: {row[f'train_{precision}_tokens_per_s']:8.0f} tokens/s "
                   f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+    # Generation: every measurement runs `--repeats` times, the models taking turns, and the median is kept.
+    runs = {name: {"b1": [], "b8": [], "long": []} for name in models}
     for name, model in models.items():
-        row = results[name]
         model.load_state_dict(initial[name])
-        for batch in (1, 8):
-            row[f"generate_b{batch}_tokens_per_s"] = generate_rate(model, batch, args.gen_tokens, args.repeats, vocab)
-        row["cache_bytes_short"] = long_generation(model, args.gen_tokens)[1]
-        row["generate_long_tokens_per_s"], row["cache_bytes_long"] = long_generation(model, args.long)
+        generation_rate(model, 1, 4, vocab)  # warm-up
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            runs[name]["b1"].append(generation_rate(model, 1, args.gen_tokens, vocab))
+            runs[name]["b8"].append(generation_rate(model, 8, args.gen_tokens, vocab))
+            runs[name]["long"].append(generation_rate(model, 1, args.long, vocab))
+    for name, row in results.items():
+        row["generate_b1_tokens_per_s"] = statistics.median(rate for rate, _ in runs[name]["b1"])
+        row["generate_b8_tokens_per_s"] = statistics.median(rate for rate, _ in runs[name]["b8"])
+        row["generate_long_tokens_per_s"] = statistics.median(rate for rate, _ in runs[name]["long"])
+        row["cache_bytes_short"], row["cache_bytes_long"] = runs[name]["b1"][0][1], runs[name]["long"][0][1]
         print(f"{name:<26} generate b1 {row['generate_b1_tokens_per_s']:.0f}/s, b8 "
               f"{row['generate_b8_tokens_per_s']:.0f}/s, b1 over {args.long}: {row['generate_long_tokens_per_s']:.0f}/s",
               flush=True)

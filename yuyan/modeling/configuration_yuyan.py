@@ -21,17 +21,17 @@ _SIZES = {
     # ~1M parameters: fast enough for unit tests and the demo.
     "tiny": dict(
         vocab_size=8192, hidden_size=96, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=256, max_position_embeddings=512,
+        intermediate_size=256, max_position_embeddings=1024,
     ),
     # ~10M parameters: the benchmark size (d=256).
     "small": dict(
         vocab_size=16384, hidden_size=256, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=4,
-        intermediate_size=688, max_position_embeddings=1024,
+        intermediate_size=688, max_position_embeddings=2048,
     ),
     # ~100M parameters: a GPU-sized model.
     "base": dict(
         vocab_size=32768, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
-        intermediate_size=2048, max_position_embeddings=2048,
+        intermediate_size=2048, max_position_embeddings=4096,
     ),
 }
 
