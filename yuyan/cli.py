@@ -86,6 +86,12 @@ def _add_eval_command(subparsers) -> None:
     add_eval_command(subparsers)
 
 
+def _add_generate_command(subparsers) -> None:
+    from yuyan.generate import add_generate_command
+
+    add_generate_command(subparsers)
+
+
 def _add_demo_command(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="train a tokenizer and a tiny model on Python's own docs (minutes)")
     parser.add_argument("--output", default="runs/demo", help="where the model goes")
@@ -107,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer_commands(subparsers)
     _add_pretrain_command(subparsers)
     _add_eval_command(subparsers)
+    _add_generate_command(subparsers)
     _add_demo_command(subparsers)
     return parser
 
@@ -127,4 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's `main`, not this `__main__` copy: subcommands raise `yuyan.cli.CommandError`, which
+    # the copy's except clause would not know as its own class.
+    from yuyan.cli import main as package_main
+
+    sys.exit(package_main())
