@@ -187,8 +187,9 @@ def test_a_tiny_run_writes_a_complete_model_folder(tmp_path, corpus):
     out = tmp_path / "run"
     assert main(["pretrain", *TINY, *data_flags(corpus), "--block-size", "16", "--batch-size", "4",
                  "--max-steps", "6", "--save-steps", "2", "--save-total-limit", "2", "--eval-steps", "3",
-                 "--logging-steps", "1", "--output", str(out)]) == 0
+                 "--logging-steps", "1", "--report-to", "tensorboard", "--output", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "no TensorBoard event file"
     assert metrics["steps"] == 6 and len(metrics["loss_history"]) == 6 and len(metrics["eval_history"]) == 1
     assert metrics["tokens_seen"] == 6 * 4 * 16
     assert math.isclose(metrics["validation_perplexity"], math.exp(metrics["validation_loss"]), rel_tol=1e-6)
