@@ -92,6 +92,13 @@ def _add_generate_command(subparsers) -> None:
     add_generate_command(subparsers)
 
 
+def _add_hub_commands(subparsers) -> None:
+    from yuyan.hub import add_card_command, add_push_command
+
+    add_card_command(subparsers)
+    add_push_command(subparsers)
+
+
 def _add_demo_command(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="train a tokenizer and a tiny model on Python's own docs (minutes)")
     parser.add_argument("--output", default="runs/demo", help="where the model goes")
@@ -114,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_command(subparsers)
     _add_eval_command(subparsers)
     _add_generate_command(subparsers)
+    _add_hub_commands(subparsers)
     _add_demo_command(subparsers)
     return parser
 
