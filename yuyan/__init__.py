@@ -29,6 +29,11 @@ for _auto_name, _class_name in _modeling.AUTO_CLASS_NAMES.items():
     getattr(transformers, _auto_name).register(YuyanConfig, _model_class, exist_ok=True)
     _model_class.register_for_auto_class(_auto_name)
 
+# transformers 5 removed `pipeline("question-answering")`; Yuyan registers its own so fine-tuned QA models work.
+from .training.tasks.question_answering import register_pipeline as _register_qa_pipeline  # noqa: E402
+
+_register_qa_pipeline()
+
 __all__ = [
     "__version__",
     "PRESETS",

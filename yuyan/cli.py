@@ -99,6 +99,12 @@ def _add_hub_commands(subparsers) -> None:
     add_push_command(subparsers)
 
 
+def _add_finetune_command(subparsers) -> None:
+    from yuyan.training.finetune import add_finetune_command
+
+    add_finetune_command(subparsers)
+
+
 def _add_demo_command(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="train a tokenizer and a tiny model on Python's own docs (minutes)")
     parser.add_argument("--output", default="runs/demo", help="where the model goes")
@@ -119,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info_command(subparsers)
     _add_tokenizer_commands(subparsers)
     _add_pretrain_command(subparsers)
+    _add_finetune_command(subparsers)
     _add_eval_command(subparsers)
     _add_generate_command(subparsers)
     _add_hub_commands(subparsers)

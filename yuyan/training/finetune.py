@@ -1,0 +1,771 @@
+"""Fine-tune a pretrained Yuyan model for a task with the transformers `Trainer`.
+
+```python
+>>> from yuyan.training.finetune import finetune
+>>> result = finetune("classification", "runs/small-hybrid", "sst2/train.tsv", "sst2/test.tsv", "runs/sst2",
+...                   training_args={"learning_rate": 1e-3, "num_train_epochs": 2},
+...                   data_args={"text_column": "sentence", "class_names": ["negative", "positive"]})
+>>> result["metrics"]["accuracy"]
+```
+
+or on the command line, with every `TrainingArguments` field as a flag (`--learning_rate` or `--learning-rate`):
+
+    yuyan finetune --task classification --model runs/small-hybrid --train sst2/train.tsv \\
+        --validation sst2/test.tsv --output runs/sst2 --text-column sentence --num_train_epochs 2
+
+Tasks (the pipeline the output folder then serves):
+
+| `--task`                | model class                       | data columns (defaults)                 | metrics (percent)        |
+|-------------------------|-----------------------------------|-----------------------------------------|--------------------------|
+| `classification`        | `YuyanForSequenceClassification`  | text (+ text pair), label               | accuracy, macro_f1       |
+| `token-classification`  | `YuyanForTokenClassification`     | tokens, tags (lists, one tag a token)   | entity f1 / precision / recall, accuracy |
+| `question-answering`    | `YuyanForQuestionAnswering`       | question, context, answers (SQuAD v1.1) | exact_match, f1          |
+| `text-generation`       | `YuyanForCausalLM`                | prompt, completion                      | rougeL, chrf, bleu       |
+
+Every task also reports the validation `loss`. Data files: CSV, TSV, JSON, JSONL, SQuAD v1.1 JSON
+(`yuyan.training.tasks.data`); how each task encodes its examples is in its module under `yuyan.training.tasks`.
+
+Yuyan models are causal: each position sees only the text to its left. A classifier reads the last token's state
+(it has seen everything); a tagger labels a word from its left context only; a QA model reads the question first,
+then the context, and picks the answer's start without seeing the text after it. That is the architecture, not a
+bug, and it costs accuracy on tagging and QA against bidirectional encoders.
+
+Checked before training, as `ValueError`: the model folder is a Yuyan model (config.json with model_type
+"yuyan"), the data columns exist, validation labels are all among the training labels, QA answers lie in their
+contexts at `answer_start`.
+
+LoRA (`--lora`, with peft): low-rank adapters on the attention (`qkv_proj`, `o_proj`), LSTM (`out_proj`) and MLP
+(`gate_up_proj`, `down_proj`) projections; a task head (`score`, `qa_outputs`) is new, so it is trained whole
+(`modules_to_save`). LoRA wraps `nn.Linear` layers: it cannot wrap `nn.LSTM` itself, whose gates are one fused
+kernel; that is why every LSTM layer ends in the linear `out_proj`.
+
+Output folder:
+
+    OUTPUT/
+      config.json, model.safetensors, modeling code   the fine-tuned model (loads with AutoModelFor..., pipeline)
+        -- or, with --lora: adapter_config.json, adapter_model.safetensors (the adapter; `load_finetuned` loads it)
+        -- with --lora --merge: the merged model here, and the adapter in OUTPUT/adapter/
+      tokenizer files                                 the tokenizer (with `<|endoftext|>` between pair texts)
+      metrics.json                                    {"task", "base_model", "metrics", "dataset", ...}
+      run.json                                        {"training", "lora", "task", "data"}: how to run it again
+      README.md                                       the model card
+      checkpoint-*/                                   the Trainer's checkpoints (resume with --resume_from_checkpoint)
+
+metrics.json is written last: its presence means the run finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from yuyan.training.tasks.question_answering import register_pipeline
+
+register_pipeline()  # pipeline("question-answering") for the folders this module writes
+
+TASKS = {
+    "classification": "text-classification",
+    "token-classification": "token-classification",
+    "question-answering": "question-answering",
+    "text-generation": "text-generation",
+}
+TASK_ALIASES = {
+    "text-classification": "classification",
+    "sequence-classification": "classification",
+    "tagging": "token-classification",
+    "ner": "token-classification",
+    "qa": "question-answering",
+    "extractive-qa": "question-answering",
+    "generation": "text-generation",
+}
+DEFAULT_MAX_LENGTH = {
+    "classification": 256,
+    "token-classification": 256,
+    "question-answering": 384,
+    "text-generation": 512,
+}
+DEFAULT_LORA_TARGETS = ["qkv_proj", "o_proj", "out_proj", "gate_up_proj", "down_proj"]
+# TrainingArguments defaults that suit a laptop CPU better than transformers' own; any flag overrides them.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "report_to": "none",
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 1,
+}
+METRICS_FILE = "metrics.json"
+RUN_FILE = "run.json"
+ADAPTER_DIR = "adapter"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments (each field is a command-line flag, in the --under_score and --dash-ed forms)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FinetuneArguments:
+    """What to fine-tune, on what."""
+
+    task: str = field(metadata={"help": "the task", "choices": list(TASKS)})
+    model_name_or_path: str = field(
+        metadata={"aliases": ["--model"], "help": "the pretrained Yuyan model: a folder or a Hub id"}
+    )
+    train_file: str = field(metadata={"aliases": ["--train"], "help": "training data (.csv, .tsv, .json, .jsonl)"})
+    validation_file: str = field(metadata={"aliases": ["--validation"], "help": "validation data, same format"})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"aliases": ["--tokenizer"], "help": "tokenizer folder (default: the model's)"}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "write into a non-empty output folder"})
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "load a checkpoint whose head has another shape (e.g. another label count), re-initialised"},
+    )
+
+
+@dataclass
+class DataArguments:
+    """Columns, lengths and task options. A column left unset is looked for under its usual names."""
+
+    text_column: str | None = field(default=None, metadata={"help": "classification text (text, sentence, ...)"})
+    text_pair_column: str | None = field(default=None, metadata={"help": "classification second text, if any"})
+    label_column: str = field(default="label", metadata={"help": "classification label"})
+    class_names: list[str] | None = field(
+        default=None, metadata={"help": "names of integer labels / tags, in id order (e.g. negative positive)"}
+    )
+    tokens_column: str | None = field(default=None, metadata={"help": "tagging words (tokens, words)"})
+    tags_column: str | None = field(default=None, metadata={"help": "tagging tags (tags, ner_tags, ...)"})
+    question_column: str | None = field(default=None, metadata={"help": "QA question (question)"})
+    context_column: str | None = field(default=None, metadata={"help": "QA context (context)"})
+    answers_column: str | None = field(default=None, metadata={"help": "QA answers (answers: text + answer_start)"})
+    id_column: str = field(default="id", metadata={"help": "QA example ids, for error messages"})
+    prompt_column: str | None = field(default=None, metadata={"help": "generation prompt (prompt, source, ...)"})
+    completion_column: str | None = field(
+        default=None, metadata={"help": "generation target (completion, target, ...)"}
+    )
+    delimiter: str | None = field(default=None, metadata={"help": "field separator of delimited text (\\t for tabs)"})
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "tokens per example (default 256; QA 384; generation 512; at most the model's positions)"},
+    )
+    doc_stride: int | None = field(default=None, metadata={"help": "QA: overlap of context windows (default 128)"})
+    n_best_size: int = field(default=20, metadata={"help": "QA: start / end candidates per window"})
+    max_answer_length: int = field(default=30, metadata={"help": "QA: longest answer, in tokens"})
+    chat_template: bool = field(default=False, metadata={"help": "generation: prompt / completion as chat turns"})
+    system_prompt: str | None = field(default=None, metadata={"help": "generation: system turn (with chat template)"})
+    prompt_suffix: str = field(
+        default="\n", metadata={"help": "generation: text after the prompt without chat template (\\n: newline)"}
+    )
+    max_target_length: int | None = field(
+        default=None, metadata={"help": "generation: completion tokens kept in training (default min(128, half))"}
+    )
+    max_new_tokens: int = field(default=64, metadata={"help": "generation: tokens generated in evaluation"})
+    num_beams: int = field(default=1, metadata={"help": "generation: beams in evaluation (1: greedy)"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N validation examples"})
+
+
+@dataclass
+class LoraArguments:
+    lora: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights (peft)"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+        metadata={"help": "linear layers to adapt (nn.LSTM cannot be: its out_proj is)"},
+    )
+    merge: bool = field(default=False, metadata={"help": "also write the merged model (adapter in OUTPUT/adapter)"})
+
+
+def _accelerator_available() -> bool:
+    if torch.cuda.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def make_training_arguments(output_dir: str | os.PathLike, **overrides):
+    """`TrainingArguments` with Yuyan's defaults (`TRAINING_DEFAULTS`, and `use_cpu` when no GPU is there)."""
+    from transformers import TrainingArguments
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown training arguments {unknown} (not TrainingArguments fields)")
+    values = {**TRAINING_DEFAULTS, "use_cpu": not _accelerator_available(), **overrides}
+    values["output_dir"] = os.fspath(output_dir)
+    return TrainingArguments(**values)
+
+
+def _coerce(kind, value, name: str):
+    if value is None:
+        return kind()
+    if isinstance(value, kind):
+        return copy.copy(value)
+    if isinstance(value, dict):
+        unknown = set(value) - {f.name for f in dataclasses.fields(kind)}
+        if unknown:
+            raise ValueError(f"unknown {name} {sorted(unknown)}")
+        return kind(**value)
+    raise ValueError(f"{name} must be a {kind.__name__} or a dict, not {type(value).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model, tokenizer
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_yuyan_model(name_or_path: str) -> str:
+    """The model's path (absolute for a folder) after checking that it is a Yuyan model; ValueError if not."""
+    path = Path(name_or_path)
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{name_or_path} is a file; give the model's folder")
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            if (path / "adapter_config.json").is_file():
+                raise ValueError(
+                    f"{name_or_path} holds a LoRA adapter, not a model: fine-tune its base model, or a merged "
+                    "model (--merge)"
+                )
+            raise ValueError(f"{name_or_path} is not a Yuyan model folder: it has no config.json")
+        try:
+            model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+            raise ValueError(f"{config_file} is not a model configuration: {error}") from None
+        if model_type != "yuyan":
+            raise ValueError(
+                f"{name_or_path} is not a Yuyan model: its config.json has model_type={model_type!r}, not 'yuyan'"
+            )
+        return str(path.resolve())
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"cannot find the model {name_or_path!r}: no such folder, and no Hub model ({error})"
+        ) from None
+    if config.model_type != "yuyan":
+        raise ValueError(f"{name_or_path} is not a Yuyan model: its model_type is {config.model_type!r}, not 'yuyan'")
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(f"cannot load a tokenizer from {name_or_path} ({error}); give one with --tokenizer") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tokenization_with_pair_separator(tokenizer) -> bool:
+    """Make the tokenizer encode a text pair as `first <eos> second` (as `pipeline` will call it: one pair, no
+    template of our own). Yuyan's tokenizer otherwise concatenates the two texts with nothing between. Single texts
+    are unchanged. Returns whether a separator was added (not when the tokenizer already marks pairs)."""
+    from tokenizers import processors
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    separator = tokenizer.eos_token or tokenizer.sep_token
+    if backend is None or separator is None:
+        return False
+    first = tokenizer("a", add_special_tokens=True)["input_ids"]
+    second = tokenizer("b", add_special_tokens=True)["input_ids"]
+    if tokenizer("a", "b", add_special_tokens=True)["input_ids"] != first + second:
+        return False
+    template = processors.TemplateProcessing(
+        single="$A:0",
+        pair=f"$A:0 {separator}:0 $B:1",
+        special_tokens=[(separator, tokenizer.convert_tokens_to_ids(separator))],
+    )
+    existing = backend.post_processor
+    backend.post_processor = template if existing is None else processors.Sequence([existing, template])
+    return True
+
+
+def resolve_max_length(task: str, requested: int | None, tokenizer, config) -> int:
+    positions = config.max_position_embeddings if "full_attention" in config.layer_types else None
+    limits = [limit for limit in (tokenizer.model_max_length, positions) if limit and limit < 10**8]
+    if requested is None:
+        return int(min([DEFAULT_MAX_LENGTH[task], *limits]))
+    if requested < 8:
+        raise ValueError(f"max_seq_length={requested} is too short")
+    if positions is not None and requested > positions:
+        raise ValueError(f"max_seq_length={requested} exceeds the model's max_position_embeddings={positions}")
+    return requested
+
+
+def _count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def apply_lora(model, lora_args: LoraArguments, peft_task_type: str, head_modules: list[str]):
+    """Wrap `model` in a peft LoRA model (see the module docstring); returns (peft model, targets)."""
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise ValueError("--lora needs peft: pip install peft") from None
+    linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    recurrent = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.LSTM)}
+    requested = list(lora_args.lora_target_modules)
+    if any(target in recurrent for target in requested):
+        raise ValueError(
+            "LoRA cannot wrap nn.LSTM (its four gates are one fused kernel); adapt the LSTM layers through their "
+            "linear output projection, 'out_proj'"
+        )
+    missing = [target for target in requested if target not in linear]
+    if missing and requested != DEFAULT_LORA_TARGETS:
+        raise ValueError(f"no linear layer named {missing} in the model; its linear layers: {sorted(linear)}")
+    targets = [target for target in requested if target in linear and target not in head_modules]
+    if not targets:
+        raise ValueError(
+            f"none of the LoRA target modules {requested} is a linear layer of the model ({sorted(linear)})"
+        )
+    config = LoraConfig(
+        task_type=TaskType[peft_task_type],
+        r=lora_args.lora_r,
+        lora_alpha=lora_args.lora_alpha,
+        lora_dropout=lora_args.lora_dropout,
+        target_modules=targets,
+        modules_to_save=list(head_modules) or None,
+    )
+    return get_peft_model(model, config), targets
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, data: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _move_into(staging: Path, output: Path, last: tuple[str, ...] = ()) -> None:
+    """Move every entry of `staging` into `output` (replacing same-named ones), the names in `last` at the end."""
+    entries = sorted(staging.iterdir(), key=lambda entry: entry.name in last)
+    for entry in entries:
+        target = output / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
+
+
+def hardware_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+TRAINING_RECORD = (
+    "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "num_train_epochs", "max_steps", "warmup_steps", "lr_scheduler_type", "weight_decay", "max_grad_norm",
+    "adam_beta1", "adam_beta2", "adam_epsilon", "optim", "label_smoothing_factor", "seed", "bf16", "fp16",
+    "gradient_checkpointing", "eval_strategy", "save_strategy", "load_best_model_at_end", "use_cpu",
+)
+
+
+def _training_record(args, trainer) -> dict[str, Any]:
+    values = args.to_dict()
+    record = {key: values.get(key) for key in TRAINING_RECORD}
+    record["total_train_batch_size"] = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(
+        1, args.world_size
+    )
+    record["steps"] = trainer.state.global_step
+    record["epochs"] = trainer.state.epoch
+    return record
+
+
+def write_card(output_dir: Path, metrics: dict, run: dict) -> None:
+    """The model card, through yuyan.cards; a failure is reported, not raised (the weights are already saved)."""
+    try:
+        from yuyan.cards import write_model_card
+
+        write_model_card(output_dir, metrics=metrics, run=run)
+    except Exception as error:  # noqa: BLE001 - the card is a convenience; the run itself succeeded
+        print(f"warning: the model card was not written: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The driver
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def normalize_task(task: str) -> str:
+    name = TASK_ALIASES.get(task, task)
+    if name not in TASKS:
+        raise ValueError(f"unknown task {task!r}; the tasks are {', '.join(TASKS)}")
+    return name
+
+
+def _task_module(task: str):
+    from yuyan.training.tasks import classification, generation, question_answering, tagging
+
+    return {
+        "classification": classification,
+        "token-classification": tagging,
+        "question-answering": question_answering,
+        "text-generation": generation,
+    }[task]
+
+
+def _check_output(output_dir: Path, overwrite: bool, resuming: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"the output {output_dir} exists and is not a folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (overwrite or resuming):
+        raise ValueError(
+            f"the output folder {output_dir} is not empty; pass --overwrite to write into it, or "
+            "--resume_from_checkpoint to continue its run"
+        )
+
+
+def _trainer_class(loss_only: bool):
+    from transformers import Trainer
+
+    if not loss_only:
+        return Trainer
+
+    class LossOnlyTrainer(Trainer):
+        """Evaluates the loss only: a language model's logits are (examples x length x vocabulary)."""
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            return super().prediction_step(model, inputs, True, ignore_keys=ignore_keys)
+
+    return LossOnlyTrainer
+
+
+def _validation_metrics(evaluation: dict[str, float]) -> dict[str, float]:
+    skipped = {"runtime", "samples_per_second", "steps_per_second", "epoch"}
+    metrics = {}
+    for key, value in evaluation.items():
+        name = key.removeprefix("eval_")
+        if name not in skipped:
+            metrics[name] = float(value)
+    return metrics
+
+
+def finetune(
+    task: str,
+    model: str,
+    train_file: str | os.PathLike,
+    validation_file: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    training_args: Any = None,
+    data_args: DataArguments | dict | None = None,
+    lora_args: LoraArguments | dict | None = None,
+    tokenizer: str | None = None,
+    overwrite: bool = False,
+    ignore_mismatched_sizes: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune `model` (a Yuyan folder or Hub id) for `task` and save it in `output_dir`; returns metrics.json.
+
+    `training_args`: a `TrainingArguments` (its output_dir is set to `output_dir`) or a dict of its fields on top
+    of `TRAINING_DEFAULTS`. `data_args` / `lora_args`: `DataArguments` / `LoraArguments` or dicts of their fields.
+    """
+    from transformers import TrainingArguments, set_seed
+
+    from yuyan.modeling import YuyanConfig
+    from yuyan.training.tasks.data import limit, load_table
+
+    task = normalize_task(task)
+    data_args = _coerce(DataArguments, data_args, "data arguments")
+    lora_args = _coerce(LoraArguments, lora_args, "LoRA arguments")
+    output = Path(output_dir)
+    if isinstance(training_args, TrainingArguments):
+        training_args.output_dir = os.fspath(output)
+    else:
+        training_args = make_training_arguments(output, **(training_args or {}))
+    resume = training_args.resume_from_checkpoint
+    _check_output(output, overwrite, resume is not None)
+    if lora_args.merge and not lora_args.lora:
+        raise ValueError("--merge merges a LoRA adapter: give --lora too")
+
+    # Everything that can be wrong with the inputs is found here, before the model is loaded.
+    model_path = check_yuyan_model(model)
+    config = YuyanConfig.from_pretrained(model_path)
+    tokenizer_obj = load_tokenizer(tokenizer or model_path)
+    if len(tokenizer_obj) > config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer_obj)} tokens but the model only {config.vocab_size}: is it the "
+            "model's own tokenizer?"
+        )
+    if task == "question-answering" or (task == "classification" and data_args.text_pair_column):
+        tokenization_with_pair_separator(tokenizer_obj)
+    max_length = resolve_max_length(task, data_args.max_seq_length, tokenizer_obj, config)
+    train = limit(load_table(train_file, data_args.delimiter), data_args.max_train_samples)
+    validation = limit(load_table(validation_file, data_args.delimiter), data_args.max_eval_samples)
+    setup = _task_module(task).prepare(train, validation, tokenizer_obj, data_args, str(train_file),
+                                       str(validation_file), max_length)
+
+    set_seed(training_args.seed)
+    config_updates = dict(setup.config_updates)
+    if config.pad_token_id is None and tokenizer_obj.pad_token_id is not None:
+        config_updates["pad_token_id"] = tokenizer_obj.pad_token_id
+    task_model = setup.model_class.from_pretrained(
+        model_path, dtype=torch.float32, ignore_mismatched_sizes=ignore_mismatched_sizes, **config_updates
+    )
+    if setup.prepare_model is not None:
+        setup.prepare_model(task_model)
+    parameters = _count_parameters(task_model)
+    targets = None
+    if lora_args.lora:
+        task_model, targets = apply_lora(task_model, lora_args, setup.peft_task_type, setup.head_modules)
+
+    trainer = _trainer_class(setup.loss_only_evaluation)(
+        model=task_model,
+        args=training_args,
+        train_dataset=setup.train_dataset,
+        eval_dataset=setup.eval_dataset,
+        data_collator=setup.data_collator,
+        processing_class=tokenizer_obj,
+        compute_metrics=setup.compute_metrics,
+        preprocess_logits_for_metrics=setup.preprocess_logits_for_metrics,
+    )
+    if isinstance(resume, str) and resume.lower() in ("latest", "true", "last"):
+        resume = True
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - start
+
+    validation_metrics = _validation_metrics(trainer.evaluate())
+    if setup.final_evaluation is not None:
+        validation_metrics.update(setup.final_evaluation(trainer))
+
+    trained = trainer.model
+    metrics = {
+        "task": setup.pipeline_task,
+        "base_model": str(model),
+        "metrics": validation_metrics,
+        "dataset": str(train_file),
+        "validation_data": str(validation_file),
+        "train_seconds": round(train_seconds, 3),
+        "parameters": parameters,
+        "layer_types": list(config.layer_types),
+        "device": str(training_args.device),
+        "hardware": hardware_name(training_args.device),
+    }
+    run = {
+        "training": {**_training_record(training_args, trainer), "max_seq_length": max_length},
+        "lora": None,
+        "task": task,
+        "data": {
+            "train_file": str(train_file),
+            "validation_file": str(validation_file),
+            "train_examples": len(train),
+            "validation_examples": len(validation),
+            **setup.data_info,
+            "options": asdict(data_args),
+        },
+    }
+    if lora_args.lora:
+        # peft's names (LoraConfig), as the card shows them.
+        run["lora"] = {
+            "r": lora_args.lora_r,
+            "lora_alpha": lora_args.lora_alpha,
+            "lora_dropout": lora_args.lora_dropout,
+            "target_modules": targets,
+            "modules_to_save": setup.head_modules,
+            "merged": lora_args.merge,
+            "trainable_parameters": _count_parameters(trained, trainable_only=True),
+            "base_model_path": model_path,
+        }
+
+    output.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".finetune-", dir=output))
+    try:
+        from yuyan.tokenization import save_tokenizer
+
+        if lora_args.lora:
+            adapter_dir = staging / ADAPTER_DIR if lora_args.merge else staging
+            adapter_dir.mkdir(exist_ok=True)
+            trained.save_pretrained(str(adapter_dir), save_embedding_layers=False)
+            save_tokenizer(tokenizer_obj, adapter_dir, overwrite=True)
+            if lora_args.merge:
+                _write_json(adapter_dir / RUN_FILE, run)
+                merged = trained.merge_and_unload()
+                merged.save_pretrained(str(staging))
+                save_tokenizer(tokenizer_obj, staging, overwrite=True)
+        else:
+            trained.save_pretrained(str(staging))
+            save_tokenizer(tokenizer_obj, staging, overwrite=True)
+        _write_json(staging / RUN_FILE, run)
+        _write_json(staging / METRICS_FILE, metrics)
+        _move_into(staging, output, last=(METRICS_FILE,))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    write_card(output, metrics, run)
+    return metrics
+
+
+def load_finetuned(folder: str | os.PathLike, **kwargs):
+    """The model a fine-tuning run saved in `folder`: a full model loads with its Auto class; a LoRA adapter is
+    put on its base model, with the task head configured from run.json (label names), as a `PeftModel`."""
+    from yuyan.modeling import (
+        YuyanForCausalLM,
+        YuyanForQuestionAnswering,
+        YuyanForSequenceClassification,
+        YuyanForTokenClassification,
+    )
+
+    folder = Path(folder)
+    run_file = next((p for p in (folder / RUN_FILE, folder.parent / RUN_FILE) if p.is_file()), None)
+    if run_file is None:
+        raise FileNotFoundError(f"{folder} has no {RUN_FILE}: not a fine-tuning output")
+    run = json.loads(run_file.read_text(encoding="utf-8"))
+    model_class = {
+        "classification": YuyanForSequenceClassification,
+        "token-classification": YuyanForTokenClassification,
+        "question-answering": YuyanForQuestionAnswering,
+        "text-generation": YuyanForCausalLM,
+    }[run["task"]]
+    if (folder / "config.json").is_file():
+        return model_class.from_pretrained(folder, **kwargs)
+    adapter_config = folder / "adapter_config.json"
+    if not adapter_config.is_file():
+        raise FileNotFoundError(f"{folder} holds neither a model (config.json) nor an adapter (adapter_config.json)")
+    from peft import PeftModel
+
+    from yuyan.training.tasks.base import config_labels
+
+    base = json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
+    labels = run["data"].get("labels")
+    updates = config_labels(labels) if labels and run["task"] in ("classification", "token-classification") else {}
+    model = model_class.from_pretrained(base, **updates, **kwargs)
+    if run["task"] == "question-answering":
+        model.config.question_answering = {"max_seq_length": run["data"]["max_seq_length"],
+                                           "doc_stride": run["data"]["doc_stride"]}
+    return PeftModel.from_pretrained(model, str(folder))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+ARGUMENT_GROUPS = (
+    ("task", FinetuneArguments),
+    ("data", DataArguments),
+    ("LoRA", LoraArguments),
+)
+
+
+def _add_dataclass_arguments(parser: argparse.ArgumentParser, title: str, dtype) -> None:
+    """The flags `HfArgumentParser` would add for `dtype`, on an argument group of an existing (sub)parser."""
+    from transformers import HfArgumentParser
+
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(dtype)
+    for item in dataclasses.fields(dtype):
+        if not item.init:
+            continue
+        resolved = copy.copy(item)
+        resolved.type = hints[item.name]
+        HfArgumentParser._parse_dataclass_field(group, resolved)
+
+
+def _unescape(value: str | None) -> str | None:
+    """`\\t` and `\\n` typed on a command line mean a tab and a newline."""
+    if value is None:
+        return None
+    return value.replace("\\t", "\t").replace("\\n", "\n")
+
+
+def add_finetune_command(subparsers) -> argparse.ArgumentParser:
+    """`yuyan finetune`: every field of the three dataclasses above and of `TrainingArguments` is a flag."""
+    from transformers import TrainingArguments
+
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a Yuyan model for a task (Trainer): classification, tagging, QA, generation; LoRA",
+        description="Fine-tune a pretrained Yuyan model with the transformers Trainer. Every TrainingArguments "
+        "field is a flag (--learning_rate or --learning-rate).",
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for title, dtype in ARGUMENT_GROUPS:
+        _add_dataclass_arguments(parser, title, dtype)
+    _add_dataclass_arguments(parser, "training (transformers.TrainingArguments)", TrainingArguments)
+    parser.add_argument("--output", dest="output_dir", default=argparse.SUPPRESS,
+                        help="the output folder (--output_dir)")
+    parser.set_defaults(handler=run_finetune_command, use_cpu=None, **TRAINING_DEFAULTS)
+    return parser
+
+
+def split_namespace(args: argparse.Namespace) -> tuple[FinetuneArguments, DataArguments, LoraArguments, Any]:
+    """The parsed flags as the four argument objects."""
+    from transformers import TrainingArguments
+
+    values = vars(args)
+
+    def pick(dtype) -> dict[str, Any]:
+        return {f.name: values[f.name] for f in dataclasses.fields(dtype) if f.init and f.name in values}
+
+    finetune_args = FinetuneArguments(**pick(FinetuneArguments))
+    data_args = DataArguments(**pick(DataArguments))
+    data_args.delimiter = _unescape(data_args.delimiter)
+    data_args.prompt_suffix = _unescape(data_args.prompt_suffix)
+    lora_args = LoraArguments(**pick(LoraArguments))
+    training_values = pick(TrainingArguments)
+    if not training_values.get("output_dir"):
+        raise ValueError("give the output folder: --output DIR")
+    if training_values.get("use_cpu") is None:
+        training_values["use_cpu"] = not _accelerator_available()
+    return finetune_args, data_args, lora_args, TrainingArguments(**training_values)
+
+
+def run_finetune_command(args: argparse.Namespace) -> None:
+    finetune_args, data_args, lora_args, training_args = split_namespace(args)
+    result = finetune(
+        finetune_args.task,
+        finetune_args.model_name_or_path,
+        finetune_args.train_file,
+        finetune_args.validation_file,
+        training_args.output_dir,
+        training_args=training_args,
+        data_args=data_args,
+        lora_args=lora_args,
+        tokenizer=finetune_args.tokenizer_name_or_path,
+        overwrite=finetune_args.overwrite,
+        ignore_mismatched_sizes=finetune_args.ignore_mismatched_sizes,
+    )
+    shown = ", ".join(f"{name} {value:.4g}" for name, value in result["metrics"].items())
+    print(f"{result['task']}: {shown} (validation); saved to {training_args.output_dir}")
+
+
+__all__ = [
+    "DataArguments",
+    "FinetuneArguments",
+    "LoraArguments",
+    "TRAINING_DEFAULTS",
+    "add_finetune_command",
+    "apply_lora",
+    "check_yuyan_model",
+    "finetune",
+    "load_finetuned",
+    "make_training_arguments",
+    "run_finetune_command",
+    "split_namespace",
+    "tokenization_with_pair_separator",
+]
