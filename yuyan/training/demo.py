@@ -27,7 +27,9 @@ def run_demo(output: str = "runs/demo", minutes: float = 3.0, preset: str = "tin
         learning_rate=3e-3,
         warmup_steps=50,
         max_minutes=minutes,
-        max_steps=100_000,  # the time budget ends the run; steps only shape the learning-rate schedule
+        # The schedule decays over what two CPU cores do in the budget (~7.8 steps/s for tiny-hybrid); on a slower
+        # machine the time budget ends the run first.
+        max_steps=max(100, int(minutes * 60 * 7.8)),
         eval_steps=250,
         eval_batches=20,
         logging_steps=10,
