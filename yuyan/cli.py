@@ -10,6 +10,17 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit status 2, no traceback."""
 
 
+def positive_int(value: str) -> int:
+    """argparse type: an integer above zero."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
+    return number
+
+
 def _add_info_command(subparsers) -> None:
     parser = subparsers.add_parser("info", help="show the version and the model presets")
     parser.set_defaults(handler=_run_info)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from yuyan.cli import positive_int
+
 from .bpe import (
     DEFAULT_CHAT_TEMPLATE,
     DEFAULT_MAX_TOKEN_BYTES,
@@ -27,16 +29,6 @@ def parse_size(value: str) -> int:
     if size <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive: {value!r}")
     return size
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
-    return number
 
 
 def add_tokenizer_commands(subparsers) -> None:
@@ -68,15 +60,15 @@ def add_tokenizer_commands(subparsers) -> None:
         help="what one text is in a .txt file",
     )
     source.add_argument("--txt-separator", metavar="STR", help="split .txt files on this literal string instead (e.g. '<|endoftext|>')")
-    source.add_argument("--max-texts", type=_positive_int, metavar="N", help="read at most N texts")
+    source.add_argument("--max-texts", type=positive_int, metavar="N", help="read at most N texts")
     source.add_argument("--max-bytes", type=parse_size, metavar="SIZE", help="stop after SIZE bytes of text, e.g. 200M")
 
     model = train.add_argument_group("tokenizer")
-    model.add_argument("--vocab-size", type=_positive_int, default=DEFAULT_VOCAB_SIZE, metavar="N", help="vocabulary size, special and byte tokens included")
-    model.add_argument("--min-frequency", type=_positive_int, default=DEFAULT_MIN_FREQUENCY, metavar="N", help="a pair must occur N times to be merged")
+    model.add_argument("--vocab-size", type=positive_int, default=DEFAULT_VOCAB_SIZE, metavar="N", help="vocabulary size, special and byte tokens included")
+    model.add_argument("--min-frequency", type=positive_int, default=DEFAULT_MIN_FREQUENCY, metavar="N", help="a pair must occur N times to be merged")
     model.add_argument("--special-tokens", nargs="+", default=[], metavar="TOKEN", help="extra special tokens (after <|endoftext|> <|pad|> <|system|> <|user|> <|assistant|>)")
-    model.add_argument("--max-token-bytes", type=_positive_int, default=DEFAULT_MAX_TOKEN_BYTES, metavar="N", help="longest token in UTF-8 bytes")
-    model.add_argument("--model-max-length", type=_positive_int, default=DEFAULT_MODEL_MAX_LENGTH, metavar="N", help="model_max_length saved with the tokenizer")
+    model.add_argument("--max-token-bytes", type=positive_int, default=DEFAULT_MAX_TOKEN_BYTES, metavar="N", help="longest token in UTF-8 bytes")
+    model.add_argument("--model-max-length", type=positive_int, default=DEFAULT_MODEL_MAX_LENGTH, metavar="N", help="model_max_length saved with the tokenizer")
     model.add_argument("--padding-side", choices=("right", "left"), default="right", help="left for batched generation")
     model.add_argument("--no-chat-template", action="store_true", help="save without the default chat template")
 

@@ -388,20 +388,10 @@ def evaluate_files(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _positive_int(value: str) -> int:
-    import argparse
-
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
-    return number
-
-
 def add_eval_command(subparsers) -> None:
     """Add `yuyan eval` to the `yuyan` command's subparsers."""
+    from yuyan.cli import positive_int
+
     import argparse
 
     parser = subparsers.add_parser(
@@ -416,11 +406,11 @@ def add_eval_command(subparsers) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="saved Yuyan model folder (model and tokenizer)")
     parser.add_argument("--data", required=True, nargs="+", metavar="FILE", help="UTF-8 text files")
     parser.add_argument(
-        "--block-size", type=_positive_int, metavar="N",
+        "--block-size", type=positive_int, metavar="N",
         help="window length in tokens (default: max_position_embeddings, at most 1024)",
     )
-    parser.add_argument("--stride", type=_positive_int, metavar="N", help="window step in tokens (default: block size // 2)")
-    parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="N", help="windows per forward pass")
+    parser.add_argument("--stride", type=positive_int, metavar="N", help="window step in tokens (default: block size // 2)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N", help="windows per forward pass")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype the model runs in")
     parser.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
