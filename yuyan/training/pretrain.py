@@ -327,7 +327,7 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: torch.nn.Module, args: PretrainArguments, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.optim.Optimizer:
     groups = parameter_groups(model, args.weight_decay)
     betas = (args.adam_beta1, args.adam_beta2)
     # Fused AdamW runs on CPU and CUDA in current torch; foreach is the fallback.
@@ -483,7 +483,7 @@ def pretrain(
 
     set_seed(args.seed)
     model = YuyanForCausalLM(config)
-    optimizer = make_optimizer(model, args, accelerator.device)
+    optimizer = make_optimizer(model, args)
 
     if args.streaming:
         train_loader = DataLoader(train_blocks.with_format("torch"), batch_size=args.batch_size, collate_fn=collate_blocks)
@@ -493,10 +493,7 @@ def pretrain(
         train_loader = DataLoader(
             train_blocks, batch_size=args.batch_size, sampler=sampler, collate_fn=collate_blocks, drop_last=True
         )
-    validation_loader = DataLoader(
-        validation_blocks if args.streaming else validation_blocks, batch_size=args.batch_size,
-        collate_fn=collate_blocks,
-    )
+    validation_loader = DataLoader(validation_blocks, batch_size=args.batch_size, collate_fn=collate_blocks)
     model, optimizer, train_loader, validation_loader = accelerator.prepare(
         model, optimizer, train_loader, validation_loader
     )
