@@ -43,13 +43,8 @@ def _corpus() -> list[str]:
     return texts
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: one thread avoids waiting on a second core that other jobs may hold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Every test here runs on one torch thread (the `one_thread` fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -62,13 +62,8 @@ def make_model_folder(folder, layer_types: list[str], train_steps: int) -> None:
     model.eval().save_pretrained(folder)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny batched matmuls are far slower with two threads on a shared machine than with one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Every test here runs on one torch thread (the `one_thread` fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
