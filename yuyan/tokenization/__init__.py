@@ -48,6 +48,7 @@ _EXPORTS = {
     "iter_file_texts": "data",
     "iter_texts": "data",
     "limit_texts": "data",
+    "load_dataset_split": "data",
     "texts_from_records": "data",
 }
 

@@ -421,7 +421,7 @@ def iter_dataset_texts(
     """
 
     def stream() -> Iterator[str]:
-        dataset = _load_dataset(name, config, split=split, streaming=streaming, **load_kwargs)
+        dataset = load_dataset_split(name, config, split=split, streaming=streaming, **load_kwargs)
         columns = getattr(dataset, "column_names", None)
         if columns is not None and text_column not in columns:
             raise ValueError(f"dataset {name!r} has no {text_column!r} column (columns: {columns}); choose one with --text-column")
@@ -433,7 +433,9 @@ def iter_dataset_texts(
     return limit_texts(stream(), max_texts=max_texts, max_bytes=max_bytes)
 
 
-def _load_dataset(name: str, config: str | None, *, split: str, streaming: bool, **load_kwargs: Any):
+def load_dataset_split(name: str, config: str | None, *, split: str, streaming: bool, **load_kwargs: Any):
+    """One split of a `datasets` dataset: a Hub name or local data folder (`load_dataset`), or a `save_to_disk`
+    folder (`load_from_disk`). Any failure becomes a one-line `ValueError` naming the dataset, config and split."""
     import datasets
 
     local = Path(name).expanduser()
@@ -457,6 +459,7 @@ __all__ = [
     "expand_paths",
     "is_supported_file",
     "iter_dataset_texts",
+    "load_dataset_split",
     "iter_file_texts",
     "iter_texts",
     "limit_texts",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import datasets
 
-from yuyan.tokenization.data import expand_paths, iter_dataset_texts, iter_texts
+from yuyan.tokenization.data import expand_paths, iter_dataset_texts, iter_texts, load_dataset_split
 
 TEXT_COLUMN = "text"
 
@@ -81,9 +81,7 @@ def _generate_documents(source: TextSource, fingerprint: str) -> Iterator[dict]:
 def load_documents(source: TextSource) -> datasets.Dataset | datasets.IterableDataset:
     """The source's documents as a dataset with one `text` column (streaming: an `IterableDataset`)."""
     if source.dataset and not source.streaming:
-        from yuyan.tokenization.data import _load_dataset
-
-        dataset = _load_dataset(source.dataset, source.dataset_config, split=source.split, streaming=False)
+        dataset = load_dataset_split(source.dataset, source.dataset_config, split=source.split, streaming=False)
         if source.text_column not in dataset.column_names:
             raise ValueError(
                 f"dataset {source.dataset!r} has no {source.text_column!r} column (columns: {dataset.column_names}); "
