@@ -98,7 +98,8 @@ def prepare_data(work: Path, eval_articles: int) -> dict[str, dict]:
 
 
 def stack_of(model: Path) -> str:
-    kinds = set(json.loads((model / "config.json").read_text())["layer_types"])
+    config = json.loads((model / "config.json").read_text())
+    kinds = set(config.get("mixer_types") or config["layer_types"])  # `layer_types` before 0.2
     return "lstm" if kinds == {"lstm"} else "attention" if "lstm" not in kinds else "hybrid"
 
 

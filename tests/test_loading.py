@@ -128,7 +128,7 @@ def run_without_yuyan(script: str, tmp_path) -> subprocess.CompletedProcess:
     # Run from a folder that does not hold the package, so that only the saved files can supply the code.
     return subprocess.run(
         [sys.executable, "-c", BLOCK_YUYAN + textwrap.dedent(script)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
     )
 
 
@@ -194,3 +194,89 @@ def test_a_language_model_checkpoint_loads_into_a_task_head(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(head.model(ids).last_hidden_state, lm.model(ids).last_hidden_state)
     assert head.score.weight.shape == (4, 32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# AutoTokenizer on a model folder, where transformers reads config.json without Yuyan's code
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from test_cards import train_tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    train_tiny_tokenizer(folder)
+    return folder
+
+
+def save_model_with_tokenizer(folder, stack, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    YuyanForCausalLM(tiny_config(stack, vocab_size=len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+TOKENIZE = """
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained({folder!r})
+assert not any(name == "yuyan" or name.startswith("yuyan.") for name in sys.modules), "yuyan was imported"
+print("IDS=" + repr(tokenizer("the cat sat").input_ids))
+"""
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_autotokenizer_loads_every_stack_without_yuyan(tmp_path, stack, tokenizer_dir):
+    folder = tmp_path / "model"
+    expected = save_model_with_tokenizer(folder, stack, tokenizer_dir)("the cat sat").input_ids
+    # config.json keeps transformers' reserved `layer_types` free of "lstm", which its generic config rejects.
+    assert "layer_types" not in json.loads((folder / "config.json").read_text())
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    # yuyan installed (importable) but not imported ... (transformers asks whether to run the folder's code for
+    # its config; with no answer on stdin it reads config.json generically, as when the user says no)
+    installed = subprocess.run([sys.executable, "-c", "import sys\n" + TOKENIZE.format(folder=str(folder))],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                               stdin=subprocess.DEVNULL)
+    # ... and yuyan not importable at all.
+    blocked = run_without_yuyan(TOKENIZE.format(folder=str(folder)), tmp_path)
+    for result in (installed, blocked):
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert re.search(r"IDS=(\[.*\])", result.stdout).group(1) == repr(expected)
+
+
+def test_config_json_written_with_layer_types_still_loads(tmp_path):
+    """Folders saved before `mixer_types` carry the mixers under `layer_types`; they load as before."""
+    torch.manual_seed(0)
+    model = YuyanForCausalLM(tiny_config("hybrid")).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["layer_types"] = config.pop("mixer_types")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.mixer_types == loaded.config.layer_types == ["lstm", "full_attention", "lstm"]
+    ids = random_ids(2, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+    # Saving again writes the new key only.
+    loaded.save_pretrained(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert again["mixer_types"] == ["lstm", "full_attention", "lstm"] and "layer_types" not in again
+
+
+def test_layer_types_is_an_alias_that_the_caches_read():
+    from transformers import DynamicCache, StaticCache
+
+    from yuyan.modeling.modeling_yuyan import YuyanLSTMCacheLayer
+
+    config = tiny_config("hybrid")
+    assert config.layer_types is config.mixer_types
+    assert (config.has_lstm, config.has_attention, config.lstm_layers) == (True, True, [0, 2])
+    for cache in (DynamicCache(config=config), StaticCache(config=config, max_cache_len=16)):
+        assert [isinstance(layer, YuyanLSTMCacheLayer) for layer in cache.layers] == [True, False, True]
+    config.layer_types = ["full_attention"] * 3
+    assert config.mixer_types == ["full_attention"] * 3 and not config.has_lstm
+    with pytest.raises(ValueError, match="disagree"):
+        YuyanConfig(num_hidden_layers=1, mixer_types=["lstm"], layer_types=["full_attention"])
+    assert YuyanConfig.from_preset("tiny-lstm", layer_types=["lstm", "full_attention"], num_hidden_layers=2).has_attention

@@ -260,7 +260,8 @@ def _tags(stack: str, *extra: str) -> list[str]:
 
 
 def _architecture(metrics: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    layer_types = metrics.get("layer_types") or config.get("layer_types") or []
+    # config.json says `mixer_types` (`layer_types` in folders written before 0.2).
+    layer_types = metrics.get("layer_types") or config.get("mixer_types") or config.get("layer_types") or []
     stack = stack_name(layer_types)
     has_attention = any(t != "lstm" for t in layer_types)
     width = f"{_value(config.get('hidden_size'))}"

@@ -49,11 +49,11 @@ def _build_presets() -> dict[str, dict]:
     presets = {}
     for size, dims in _SIZES.items():
         for kind in ("attention", "lstm", "hybrid"):
-            presets[f"{size}-{kind}"] = dict(dims, layer_types=_stack(kind, dims["num_hidden_layers"]))
+            presets[f"{size}-{kind}"] = dict(dims, mixer_types=_stack(kind, dims["num_hidden_layers"]))
     # The classic recurrent language model (Zaremba et al. style, small): one LSTM layer of 128 units over
     # 128-dimensional embeddings, a 10k vocabulary and a separate (untied) softmax matrix. No MLP.
     presets["seed-lstm"] = dict(
-        vocab_size=10000, hidden_size=128, num_hidden_layers=1, layer_types=["lstm"], num_attention_heads=1,
+        vocab_size=10000, hidden_size=128, num_hidden_layers=1, mixer_types=["lstm"], num_attention_heads=1,
         num_key_value_heads=1, intermediate_size=0, max_position_embeddings=4096, tie_word_embeddings=False,
     )
     return presets
@@ -72,7 +72,9 @@ class YuyanConfig(PreTrainedConfig):
         vocab_size: size of the token vocabulary.
         hidden_size: width of the residual stream (and of every LSTM's hidden state).
         num_hidden_layers: number of layers.
-        layer_types: one entry per layer, `"full_attention"` or `"lstm"`; all attention when omitted.
+        mixer_types: one entry per layer, `"full_attention"` or `"lstm"`; all attention when omitted. Also readable
+            and settable as `layer_types` (the constructor takes either name), the attribute transformers' caches
+            read to build one cache layer per layer.
         num_attention_heads: query heads of the attention layers.
         num_key_value_heads: key/value heads (grouped-query attention); defaults to `num_attention_heads`.
         head_dim: width of one head; defaults to `hidden_size // num_attention_heads`.
@@ -91,20 +93,27 @@ class YuyanConfig(PreTrainedConfig):
     ```python
     >>> from yuyan import YuyanConfig, YuyanForCausalLM
     >>> config = YuyanConfig.from_preset("tiny-hybrid")
-    >>> config.layer_types
+    >>> config.mixer_types
     ['lstm', 'full_attention', 'lstm', 'full_attention']
+    >>> config.has_lstm, config.has_attention
+    (True, True)
     >>> model = YuyanForCausalLM(config)
     ```
     """
 
     model_type = "yuyan"
     keys_to_ignore_at_inference = ["cache"]
+    # The per-layer mixer is stored as `mixer_types`, not under transformers' reserved `layer_types`: a program that
+    # reads config.json without Yuyan's code (AutoTokenizer, with yuyan not imported or not installed) builds a
+    # generic config, and that validates `layer_types` against transformers' own list, which has no "lstm".
+    # `layer_types` stays an alias, because DynamicCache / StaticCache read it to pick each layer's cache layer.
+    attribute_map = {"layer_types": "mixer_types"}
     default_theta = 10000.0
 
     vocab_size: int = 8192
     hidden_size: int = 256
     num_hidden_layers: int = 4
-    layer_types: list[str] | None = None
+    mixer_types: list[str] | None = None
     num_attention_heads: int = 4
     num_key_value_heads: int | None = None
     head_dim: int | None = None
@@ -124,10 +133,19 @@ class YuyanConfig(PreTrainedConfig):
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):
-        if self.layer_types is None:
-            self.layer_types = ["full_attention"] * self.num_hidden_layers
+        # `layer_types` (the constructor's former name, and the key of config.json files written before 0.2).
+        legacy = kwargs.pop("layer_types", None)
+        if legacy is not None:
+            if self.mixer_types is not None and list(self.mixer_types) != list(legacy):
+                raise ValueError(
+                    f"mixer_types={self.mixer_types} and layer_types={legacy} disagree: give one of them "
+                    "(layer_types is another name for mixer_types)."
+                )
+            self.mixer_types = legacy
+        if self.mixer_types is None:
+            self.mixer_types = ["full_attention"] * self.num_hidden_layers
         else:
-            self.layer_types = list(self.layer_types)
+            self.mixer_types = list(self.mixer_types)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None and self.num_attention_heads and self.num_attention_heads > 0:
@@ -180,14 +198,20 @@ class YuyanConfig(PreTrainedConfig):
 
     def validate_layer_type(self):
         """transformers' own check rejects `"lstm"`; Yuyan allows exactly `"full_attention"` and `"lstm"`."""
-        unknown = [t for t in self.layer_types if t not in LAYER_TYPES]
+        if not isinstance(self.mixer_types, (list, tuple)) or not all(isinstance(t, str) for t in self.mixer_types):
+            raise ValueError(
+                f"mixer_types={self.mixer_types!r} is not allowed: give a list of layer types, each one of "
+                f"{list(LAYER_TYPES)}."
+            )
+        unknown = [t for t in self.mixer_types if t not in LAYER_TYPES]
         if unknown:
             raise ValueError(
-                f"layer_types={self.layer_types} has unknown entries {unknown}; allowed: {list(LAYER_TYPES)}."
+                f"mixer_types (layer_types)={self.mixer_types} has unknown entries {unknown}; "
+                f"allowed: {list(LAYER_TYPES)}."
             )
-        if len(self.layer_types) != self.num_hidden_layers:
+        if len(self.mixer_types) != self.num_hidden_layers:
             raise ValueError(
-                f"layer_types has {len(self.layer_types)} entries but num_hidden_layers={self.num_hidden_layers}: "
+                f"layer_types has {len(self.mixer_types)} entries but num_hidden_layers={self.num_hidden_layers}: "
                 "give one layer type per layer."
             )
 
@@ -221,21 +245,38 @@ class YuyanConfig(PreTrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; allowed: {sorted(PRESETS)}.")
         values = copy.deepcopy(PRESETS[name])
-        if "num_hidden_layers" in overrides and "layer_types" not in overrides:
+        if "layer_types" in overrides:
+            overrides["mixer_types"] = overrides.pop("layer_types")
+        if "num_hidden_layers" in overrides and "mixer_types" not in overrides:
             # Keep the preset's kind (attention / lstm / hybrid) at the new depth.
-            overrides["layer_types"] = _stack(name.split("-")[-1], overrides["num_hidden_layers"])
+            overrides["mixer_types"] = _stack(name.split("-")[-1], overrides["num_hidden_layers"])
         values.update(overrides)
         return cls(**values)
 
     @property
+    def has_attention(self) -> bool:
+        """Whether any layer is self-attention (so the model has positions and a key/value cache)."""
+        return "full_attention" in self.mixer_types
+
+    @property
+    def has_lstm(self) -> bool:
+        """Whether any layer is an LSTM (so the cache carries recurrent state, which cannot be rolled back)."""
+        return "lstm" in self.mixer_types
+
+    @property
+    def lstm_layers(self) -> list[int]:
+        """Indices of the LSTM layers."""
+        return [i for i, t in enumerate(self.mixer_types) if t == "lstm"]
+
+    @property
     def num_attention_layers(self) -> int:
-        return sum(t == "full_attention" for t in self.layer_types)
+        return sum(t == "full_attention" for t in self.mixer_types)
 
     def stack_summary(self) -> str:
         """`4 x full_attention`, or the layer types spelled out for a mixed stack."""
-        if len(set(self.layer_types)) == 1:
-            return f"{self.num_hidden_layers} x {self.layer_types[0]}"
-        return ", ".join(self.layer_types)
+        if len(set(self.mixer_types)) == 1:
+            return f"{self.num_hidden_layers} x {self.mixer_types[0]}"
+        return ", ".join(self.mixer_types)
 
     def estimated_num_parameters(self) -> int:
         """Parameter count from the config alone (no model built); equals `model.num_parameters()`."""
@@ -247,7 +288,7 @@ class YuyanConfig(PreTrainedConfig):
         attention += self.num_attention_heads * self.head_dim * d
         lstm = 4 * d * (2 * d) + 2 * 4 * d + d * d  # input and recurrent weights, two biases, out_proj
         mlp = 3 * d * self.intermediate_size + d if self.intermediate_size else 0
-        for layer_type in self.layer_types:
+        for layer_type in self.mixer_types:
             total += d + mlp + (attention if layer_type == "full_attention" else lstm)
         return total
 

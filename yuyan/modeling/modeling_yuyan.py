@@ -462,7 +462,7 @@ class YuyanPreTrainedModel(PreTrainedModel):
     @property
     def _is_stateful(self) -> bool:
         # An LSTM state cannot be rolled back to a prefix, which assisted generation needs.
-        return "lstm" in self.config.layer_types
+        return self.config.has_lstm
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.LSTM):
@@ -497,8 +497,8 @@ class YuyanModel(YuyanPreTrainedModel):
             [YuyanDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
         )
         self.norm = YuyanRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.has_attention = "full_attention" in config.layer_types
-        self.has_lstm = "lstm" in config.layer_types
+        self.has_attention = config.has_attention
+        self.has_lstm = config.has_lstm
         self.rotary_emb = YuyanRotaryEmbedding(config) if self.has_attention else None
         self.gradient_checkpointing = False
         self.post_init()

@@ -302,7 +302,7 @@ def tokenization_with_pair_separator(tokenizer) -> bool:
 
 
 def resolve_max_length(task: str, requested: int | None, tokenizer, config) -> int:
-    positions = config.max_position_embeddings if "full_attention" in config.layer_types else None
+    positions = config.max_position_embeddings if config.has_attention else None
     limits = [limit for limit in (tokenizer.model_max_length, positions) if limit and limit < 10**8]
     if requested is None:
         return int(min([DEFAULT_MAX_LENGTH[task], *limits]))
