@@ -180,9 +180,72 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="for a 'llama' model, not a Yuyan model"):
         YuyanForCausalLM.from_pretrained(tmp_path)
-    # Even when forced through with a Yuyan config, the backbone weights are not there to load.
-    with pytest.raises(ValueError, match="lacks .* weights of the Yuyan backbone"):
-        YuyanForCausalLM.from_pretrained(tmp_path, config=tiny_config("attention", num_hidden_layers=2, layer_types=["full_attention"] * 2))
+
+
+class LoadReport:
+    """Collects what transformers logs while loading (its load report is a warning of `transformers.modeling_utils`)."""
+
+    def __init__(self):
+        import logging
+
+        self.records = []
+        self.handler = logging.Handler()
+        self.handler.emit = lambda record: self.records.append(record.getMessage())
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.get_logger("transformers").addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.get_logger("transformers").removeHandler(self.handler)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.records)
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_growing_a_model_by_a_layer_loads_what_is_there_and_reports_the_rest(tmp_path, stack):
+    """transformers' loading contract: load the weights that are there, initialise the missing ones, say which."""
+    torch.manual_seed(0)
+    small = YuyanForCausalLM(tiny_config(stack))
+    small.save_pretrained(tmp_path)
+    mixers = STACKS[stack] + ["lstm"]
+    with LoadReport() as report:
+        grown, info = YuyanForCausalLM.from_pretrained(
+            tmp_path, config=tiny_config(stack, num_hidden_layers=4, layer_types=mixers), output_loading_info=True
+        )
+    new_layer = {name for name, _ in grown.named_parameters() if name.startswith("model.layers.3.")}
+    assert new_layer and info["missing_keys"] == new_layer
+    assert info["unexpected_keys"] == set() and info["mismatched_keys"] == set()
+    assert "MISSING" in report.text and "model.layers.3" in report.text  # the logged load report names them
+    old = small.state_dict()
+    for name, tensor in grown.state_dict().items():
+        if name in old:
+            torch.testing.assert_close(tensor, old[name], atol=0, rtol=0)
+    # The new LSTM got Yuyan's own initialisation, not zeros or leftovers: forget-gate bias 1, orthogonal recurrence.
+    lstm = grown.model.layers[3].recurrent.lstm
+    hidden = lstm.hidden_size
+    assert torch.all(lstm.bias_ih_l0[hidden : 2 * hidden] == 1.0)
+    block = lstm.weight_hh_l0[:hidden].detach()
+    torch.testing.assert_close(block @ block.T, torch.eye(hidden), atol=1e-4, rtol=0)
+
+
+def test_a_llama_checkpoint_forced_into_a_yuyan_config_is_initialised_and_reported(tmp_path):
+    LlamaForCausalLM(
+        LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+    ).save_pretrained(tmp_path)
+    config = tiny_config("attention", num_hidden_layers=2, layer_types=["full_attention"] * 2)
+    with LoadReport() as report:
+        model, info = YuyanForCausalLM.from_pretrained(tmp_path, config=config, output_loading_info=True)
+    # Llama's separate q/k/v and gate/up do not match Yuyan's fused projections (yuyan.export converts them).
+    assert {"model.layers.0.self_attn.qkv_proj.weight", "model.layers.1.mlp.gate_up_proj.weight"} <= info["missing_keys"]
+    assert "model.layers.0.self_attn.q_proj.weight" in info["unexpected_keys"]
+    assert "qkv_proj" in report.text and "MISSING" in report.text
 
 
 def test_a_language_model_checkpoint_loads_into_a_task_head(tmp_path):

@@ -415,20 +415,16 @@ class YuyanPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, but a checkpoint that does not fit is a clear `ValueError`.
+        """`PreTrainedModel.from_pretrained`, with a clearer error for a checkpoint whose shapes do not fit.
 
-        transformers re-initialises backbone weights that a checkpoint lacks (a checkpoint of another model) with
-        only a log line, and stops on weights whose shapes differ from the config with a pointer to its log. Both
-        become a `ValueError` saying what does not fit. Task heads missing from a language-model checkpoint
-        (`score`, `qa_outputs`) are expected and still load. `ignore_mismatched_sizes=True` keeps transformers'
-        lenient behaviour.
+        As transformers promises, weights the checkpoint lacks (a new layer, a new head, a checkpoint loaded in
+        stages) are initialised and named in the load report that transformers logs, and in the `missing_keys` of
+        `output_loading_info=True`. Weights whose shapes differ from the config stop the load, as in
+        transformers, with a `YuyanCheckpointMismatchError` (a `ValueError` and a `RuntimeError`) saying what is
+        wrong; `ignore_mismatched_sizes=True` re-initialises them instead.
         """
-        lenient = kwargs.get("ignore_mismatched_sizes", False)
-        wants_info = kwargs.pop("output_loading_info", False)
         try:
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-            )
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         except RuntimeError as error:
             if "ignore_mismatched_sizes" not in str(error):
                 raise
@@ -437,17 +433,6 @@ class YuyanPreTrainedModel(PreTrainedModel):
                 "configuration (the load report above lists them, checkpoint vs model): is it a checkpoint of "
                 "another size, or the wrong config? Pass ignore_mismatched_sizes=True to re-initialise them."
             ) from None
-        if not lenient:
-            prefix = f"{cls.base_model_prefix}." if hasattr(model, cls.base_model_prefix) else ""
-            missing = sorted(key for key in info["missing_keys"] if key.startswith(prefix))
-            if missing:
-                shown = ", ".join(missing[:6]) + (", ..." if len(missing) > 6 else "")
-                raise YuyanCheckpointMismatchError(
-                    f"the checkpoint at {pretrained_model_name_or_path} lacks {len(missing)} weights of the Yuyan "
-                    f"backbone ({shown}): it is not a checkpoint of this model. Pass ignore_mismatched_sizes=True "
-                    "to load it anyway with those weights freshly initialised."
-                )
-        return (model, info) if wants_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`; with the code copied for remote loading, every head is listed in
