@@ -16,6 +16,7 @@ from .modeling import (
     YuyanModel,
     YuyanPreTrainedModel,
 )
+from .modeling import LORA_TARGET_MODULES as _LORA_TARGET_MODULES
 from .modeling import modeling_yuyan as _modeling
 
 __version__ = "0.1.0"
@@ -33,6 +34,24 @@ for _auto_name, _class_name in _modeling.AUTO_CLASS_NAMES.items():
 from .training.tasks.question_answering import register_pipeline as _register_qa_pipeline  # noqa: E402
 
 _register_qa_pipeline()
+
+
+def _register_peft_defaults() -> None:
+    """Tell peft which modules LoRA adapts in a Yuyan model, so `LoraConfig()` without `target_modules` works.
+
+    peft looks the default targets up by `model_type` in a dict it owns (and has no public API to extend); Llama's
+    entry is there, ours is added. Skipped where peft is not installed.
+    """
+    try:
+        from peft.utils import constants
+    except Exception:  # not installed, or a peft that does not import with this transformers: nothing to register
+        return
+    mapping = getattr(constants, "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING", None)
+    if isinstance(mapping, dict):
+        mapping.setdefault(YuyanConfig.model_type, list(_LORA_TARGET_MODULES))
+
+
+_register_peft_defaults()
 
 __all__ = [
     "__version__",

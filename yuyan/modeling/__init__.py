@@ -10,8 +10,14 @@ from .modeling_yuyan import (
     YuyanPreTrainedModel,
 )
 
+# The linear layers LoRA adapts by default: attention's fused q/k/v and output projections, the LSTM's output
+# projection (nn.LSTM itself is one fused kernel that LoRA cannot wrap) and the MLP's projections. `import yuyan`
+# registers them with peft, and `yuyan finetune --lora` uses them.
+LORA_TARGET_MODULES = ("qkv_proj", "o_proj", "out_proj", "gate_up_proj", "down_proj")
+
 __all__ = [
     "LAYER_TYPES",
+    "LORA_TARGET_MODULES",
     "PRESETS",
     "YuyanConfig",
     "YuyanPreTrainedModel",

@@ -73,6 +73,7 @@ from typing import Any
 
 import torch
 
+from yuyan.modeling import LORA_TARGET_MODULES
 from yuyan.training.tasks.question_answering import register_pipeline
 
 register_pipeline()  # pipeline("question-answering") for the folders this module writes
@@ -98,7 +99,7 @@ DEFAULT_MAX_LENGTH = {
     "question-answering": 384,
     "text-generation": 512,
 }
-DEFAULT_LORA_TARGETS = ["qkv_proj", "o_proj", "out_proj", "gate_up_proj", "down_proj"]
+DEFAULT_LORA_TARGETS = list(LORA_TARGET_MODULES)
 # TrainingArguments defaults that suit a laptop CPU better than transformers' own; any flag overrides them.
 TRAINING_DEFAULTS: dict[str, Any] = {
     "report_to": "none",
