@@ -116,6 +116,12 @@ def _add_finetune_command(subparsers) -> None:
     add_finetune_command(subparsers)
 
 
+def _add_export_command(subparsers) -> None:
+    from yuyan.export import add_export_command
+
+    add_export_command(subparsers)
+
+
 def _add_demo_command(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="train a tokenizer and a tiny model on Python's own docs (minutes)")
     parser.add_argument("--output", default="runs/demo", help="where the model goes")
@@ -140,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_command(subparsers)
     _add_generate_command(subparsers)
     _add_hub_commands(subparsers)
+    _add_export_command(subparsers)
     _add_demo_command(subparsers)
     return parser
 

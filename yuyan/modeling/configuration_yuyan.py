@@ -203,7 +203,7 @@ class YuyanConfig(PreTrainedConfig):
                 f"mixer_types={self.mixer_types!r} is not allowed: give a list of layer types, each one of "
                 f"{list(LAYER_TYPES)}."
             )
-        unknown = [t for t in self.mixer_types if t not in LAYER_TYPES]
+        unknown = list(dict.fromkeys(t for t in self.mixer_types if t not in LAYER_TYPES))
         if unknown:
             raise ValueError(
                 f"mixer_types (layer_types)={self.mixer_types} has unknown entries {unknown}; "
