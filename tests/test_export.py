@@ -46,7 +46,8 @@ def test_export_to_llama_gives_the_same_logits(tmp_path, tokenizer_dir, tied):
     model = save_yuyan(tmp_path / "yuyan", tokenizer_dir, tie_word_embeddings=tied,
                        rope_parameters={"rope_type": "default", "rope_theta": 500.0}, rms_norm_eps=1e-5,
                        hidden_act="gelu")
-    code = main(["export", "--format", "llama", "--model", str(tmp_path / "yuyan"), "--output", str(tmp_path / "llama")])
+    code = main(["export", "--format", "llama", "--model", str(tmp_path / "yuyan"),
+                 "--output", str(tmp_path / "llama")])
     assert code == 0
     config = json.loads((tmp_path / "llama" / "config.json").read_text())
     assert config["model_type"] == "llama" and "auto_map" not in config
@@ -150,7 +151,8 @@ def test_importing_llama_with_some_layers_turned_into_lstm(tmp_path, tokenizer_d
     # Kept: the attention layers (fused), every MLP and norm, embeddings and head.
     q, k, v = (llama_weights[f"model.layers.1.self_attn.{p}_proj.weight"] for p in "qkv")
     torch.testing.assert_close(ours["model.layers.1.self_attn.qkv_proj.weight"], torch.cat([q, k, v]))
-    torch.testing.assert_close(ours["model.layers.0.mlp.down_proj.weight"], llama_weights["model.layers.0.mlp.down_proj.weight"])
+    down = "model.layers.0.mlp.down_proj.weight"
+    torch.testing.assert_close(ours[down], llama_weights[down])
     torch.testing.assert_close(ours["lm_head.weight"], llama_weights["lm_head.weight"])
     # New: LSTM weights with Yuyan's initialisation (forget-gate bias 1).
     lstm = model.model.layers[2].recurrent.lstm

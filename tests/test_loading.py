@@ -243,7 +243,8 @@ def test_a_llama_checkpoint_forced_into_a_yuyan_config_is_initialised_and_report
     with LoadReport() as report:
         model, info = YuyanForCausalLM.from_pretrained(tmp_path, config=config, output_loading_info=True)
     # Llama's separate q/k/v and gate/up do not match Yuyan's fused projections (yuyan.export converts them).
-    assert {"model.layers.0.self_attn.qkv_proj.weight", "model.layers.1.mlp.gate_up_proj.weight"} <= info["missing_keys"]
+    fused = {"model.layers.0.self_attn.qkv_proj.weight", "model.layers.1.mlp.gate_up_proj.weight"}
+    assert fused <= info["missing_keys"]
     assert "model.layers.0.self_attn.q_proj.weight" in info["unexpected_keys"]
     assert "qkv_proj" in report.text and "MISSING" in report.text
 
@@ -342,4 +343,5 @@ def test_layer_types_is_an_alias_that_the_caches_read():
     assert config.mixer_types == ["full_attention"] * 3 and not config.has_lstm
     with pytest.raises(ValueError, match="disagree"):
         YuyanConfig(num_hidden_layers=1, mixer_types=["lstm"], layer_types=["full_attention"])
-    assert YuyanConfig.from_preset("tiny-lstm", layer_types=["lstm", "full_attention"], num_hidden_layers=2).has_attention
+    mixed = YuyanConfig.from_preset("tiny-lstm", layer_types=["lstm", "full_attention"], num_hidden_layers=2)
+    assert mixed.mixer_types == ["lstm", "full_attention"] and mixed.has_attention

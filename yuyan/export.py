@@ -66,7 +66,9 @@ def _check_output(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"the output {output_dir} is a file, not a folder")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ValueError(f"the output folder {output_dir} is not empty; pass --overwrite (overwrite=True) to replace it")
+        raise ValueError(
+            f"the output folder {output_dir} is not empty; pass --overwrite (overwrite=True) to replace it"
+        )
 
 
 def _staging_dir(output_dir: Path) -> Path:
@@ -228,7 +230,8 @@ def yuyan_state_dict_from_llama(state_dict: dict[str, torch.Tensor], config) -> 
             converted[prefix + "qkv_proj.weight"] = torch.cat(parts, dim=0)
         elif name.endswith("mlp.gate_proj.weight"):
             prefix = name[: -len("gate_proj.weight")]
-            converted[prefix + "gate_up_proj.weight"] = torch.cat([tensor, state_dict[prefix + "up_proj.weight"]], dim=0)
+            up = state_dict[prefix + "up_proj.weight"]
+            converted[prefix + "gate_up_proj.weight"] = torch.cat([tensor, up], dim=0)
         elif name.endswith(("self_attn.k_proj.weight", "self_attn.v_proj.weight", "mlp.up_proj.weight")):
             continue  # fused above
         else:
