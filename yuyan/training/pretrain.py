@@ -74,9 +74,9 @@ class PretrainArguments:
     block_size: int = field(default=256, metadata={"help": "tokens per training sequence"})
     batch_size: int = field(default=16, metadata={"help": "sequences per device per micro-batch"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (default: one epoch)"})
+    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (default: one epoch, without any budget)"})
     max_tokens: int | None = field(default=None, metadata={"help": "stop after this many training tokens"})
-    max_minutes: float | None = field(default=None, metadata={"help": "stop cleanly (and save) after this much training time"})
+    max_minutes: float | None = field(default=None, metadata={"help": "training time: as many epochs as fit, the schedule ending with the budget (the first budget reached ends the run)"})
     # optimisation
     learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     min_learning_rate_ratio: float = field(default=0.1, metadata={"help": "final learning rate as a share of the peak"})
