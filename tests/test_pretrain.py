@@ -391,3 +391,27 @@ def test_resume_with_a_time_budget_is_exact(tmp_path, corpus, one_thread):
     expected, got = load_file(tmp_path / "straight" / "model.safetensors"), load_file(out / "model.safetensors")
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this torch has no torch.optim.Muon")
+def test_muon_optimizer_trains_the_hidden_matrices_and_resumes_exactly(tmp_path, corpus, one_thread):
+    from yuyan.training.pretrain import make_optimizer
+
+    _, args = resolve_config("tiny-hybrid", {}, {"optimizer": "muon"})
+    model = yuyan.YuyanForCausalLM(yuyan.YuyanConfig.from_preset("tiny-hybrid", vocab_size=320))
+    muon = make_optimizer(model, args).optimizers[1]
+    assert isinstance(muon, torch.optim.Muon)
+    names = {id(p): name for name, p in model.named_parameters()}
+    in_muon = {names[id(p)] for group in muon.param_groups for p in group["params"]}
+    assert "model.layers.1.self_attn.qkv_proj.weight" in in_muon and "model.layers.0.recurrent.lstm.weight_hh_l0" in in_muon
+    assert not any("embed" in n or "norm" in n or "bias" in n for n in in_muon)
+
+    training = {"optimizer": "muon", "max_steps": 12, "save_steps": 4, "dropout": 0.1}
+    straight = budget_run(corpus, tmp_path / "straight", WorkClock(), **training)
+    assert straight["loss_history"][-1][1] < straight["loss_history"][0][1]
+    with pytest.raises(Crash):
+        budget_run(corpus, tmp_path / "crashed", WorkClock(crash_at=10), **training)
+    resumed = budget_run(corpus, tmp_path / "crashed", WorkClock(), resume="latest", **training)
+    assert resumed["loss_history"] == straight["loss_history"]
+    expected, got = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "crashed" / "model.safetensors")
+    assert all(torch.equal(expected[name], got[name]) for name in expected)

@@ -65,6 +65,7 @@ class PretrainArguments:
     split: str = field(default="train", metadata={"help": "the dataset split to train on"})
     validation_split: str | None = field(default=None, metadata={"help": "the dataset split to validate on"})
     text_column: str = field(default="text", metadata={"help": "column holding the text"})
+    txt_split: str = field(default="paragraph", metadata={"help": "a document of a .txt file: paragraph (blank-line separated) | line | file (the whole file as one stream, blank lines kept, as WikiText is scored)"})
     streaming: bool = field(default=False, metadata={"help": "stream the data (corpora larger than memory)"})
     validation_fraction: float = field(default=0.02, metadata={"help": "share of documents held out when no validation data is given"})
     num_proc: int | None = field(default=None, metadata={"help": "processes for tokenisation (datasets.map)"})
@@ -81,6 +82,7 @@ class PretrainArguments:
     learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     min_learning_rate_ratio: float = field(default=0.1, metadata={"help": "final learning rate as a share of the peak"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw | muon (torch.optim.Muon on the 2-D hidden weights, AdamW on embeddings, head, norms, biases)"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on norms, biases, embeddings)"})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
@@ -106,12 +108,18 @@ class PretrainArguments:
                 raise ValueError(f"{name}={value!r} is not allowed: it must be a positive integer.")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes={self.max_minutes} is not allowed: it must be positive.")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer={self.optimizer!r} is unknown; allowed: adamw, muon.")
+        if self.optimizer == "muon" and not hasattr(torch.optim, "Muon"):
+            raise ValueError(f"optimizer='muon' needs torch.optim.Muon, which torch {torch.__version__} lacks; use adamw.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is unknown; allowed: no, bf16, fp16.")
         if self.learning_rate <= 0 or not 0 <= self.min_learning_rate_ratio <= 1:
             raise ValueError("learning_rate must be positive and min_learning_rate_ratio in [0, 1].")
         if self.data and self.dataset:
             raise ValueError("give either --data files or --dataset, not both.")
+        if self.txt_split not in ("paragraph", "line", "file"):
+            raise ValueError(f"txt_split={self.txt_split!r} is unknown; allowed: paragraph, line, file.")
         if self.streaming and not (self.max_steps or self.max_tokens or self.max_minutes):
             raise ValueError("a streaming run needs a budget: --max-steps, --max-tokens or --max-minutes.")
 
@@ -372,6 +380,8 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.optim.Optimizer:
+    if args.optimizer == "muon":
+        return make_muon_optimizer(model, args)
     groups = parameter_groups(model, args.weight_decay)
     betas = (args.adam_beta1, args.adam_beta2)
     # Fused AdamW runs on CPU and CUDA in current torch; foreach is the fallback.
@@ -379,6 +389,60 @@ def make_optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.opt
         return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, foreach=True)
+
+
+class CombinedOptimizer(torch.optim.Optimizer):
+    """Several optimizers over disjoint parameters, seen as one: one learning-rate schedule (its factor applies to
+    every group), one state dict for checkpoints, one `step`. The groups are the inner optimizers' own dicts, so a
+    scheduler setting `group["lr"]` sets it where the inner optimizer reads it."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        self.defaults = {}
+        self.param_groups = [group for optimizer in optimizers for group in optimizer.param_groups]
+        self.state = {}  # each inner optimizer keeps its own
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
+        self._optimizer_state_dict_pre_hooks, self._optimizer_state_dict_post_hooks = {}, {}
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
+        self._zero_grad_profile_name = "Optimizer.zero_grad#CombinedOptimizer.zero_grad"
+
+    def step(self, closure=None):
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for optimizer, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            optimizer.load_state_dict(state)
+        self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+
+def make_muon_optimizer(model: torch.nn.Module, args: PretrainArguments) -> CombinedOptimizer:
+    """Muon on the 2-D weights inside the stack (attention, MLP, LSTM matrices), AdamW on the rest: embeddings and
+    LM head (lookups and a classifier, which Muon's orthogonalised updates do not suit), norms and biases. Muon's
+    `match_rms_adamw` scaling gives its updates AdamW's size, so both share the learning rate and its schedule."""
+    hidden, rest = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_hidden = parameter.ndim == 2 and "embed" not in name and "lm_head" not in name
+        (hidden if is_hidden else rest).append((name, parameter))
+    hidden_ids = {id(p) for _, p in hidden}
+    groups = [
+        {**group, "params": [p for p in group["params"] if id(p) not in hidden_ids]}
+        for group in parameter_groups(model, args.weight_decay)
+    ]
+    groups = [group for group in groups if group["params"]]
+    adamw = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), foreach=True)
+    muon = torch.optim.Muon([p for _, p in hidden], lr=args.learning_rate, weight_decay=args.weight_decay,
+                            adjust_lr_fn="match_rms_adamw")
+    return CombinedOptimizer([adamw, muon])
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -452,11 +516,12 @@ def pretrain(
     output = Path(args.output)
     source = TextSource(
         files=args.data, dataset=args.dataset, dataset_config=args.dataset_config, split=args.split,
-        text_column=args.text_column, streaming=args.streaming,
+        text_column=args.text_column, streaming=args.streaming, txt_split=args.txt_split,
     )
     validation_source = None
     if args.validation_data:
-        validation_source = TextSource(files=args.validation_data, text_column=args.text_column, streaming=args.streaming)
+        validation_source = TextSource(files=args.validation_data, text_column=args.text_column,
+                                       streaming=args.streaming, txt_split=args.txt_split)
     elif args.dataset and args.validation_split:
         validation_source = TextSource(
             dataset=args.dataset, dataset_config=args.dataset_config, split=args.validation_split,
@@ -482,6 +547,8 @@ def pretrain(
                  "block_size": args.block_size, "tokenizer": args.tokenizer, "seed": args.seed},
         "training": asdict(args),
     }
+    if args.txt_split != "paragraph":  # recorded only when set, so that runs from before the option still resume
+        run_record["data"]["txt_split"] = args.txt_split
 
     # Launched as several processes (accelerate launch / torchrun) on a machine without GPUs: Accelerate only
     # sets up CPU data parallelism (gloo) when told `cpu=True`.
