@@ -161,6 +161,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "pretrain")
     parser.add_argument("--tokenizer-model", choices=("bpe", "word"), default="bpe",
                         help="one tokenizer for all models: byte-level BPE or word-level (rare words as <unk>)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="use this tokenizer folder instead of training one (e.g. finetune_report.py's bilingual one)")
     parser.add_argument("--vocab-size", type=int, default=None,
                         help="tokenizer vocabulary (default: 16384 for bpe, every training word for word)")
     parser.add_argument("--block-size", type=int, default=256)
@@ -172,7 +174,7 @@ def main() -> None:
     if not DATA.exists():
         sys.exit(f"WikiText-2 not found at {DATA}")
     args.output.mkdir(parents=True, exist_ok=True)
-    tokenizer_dir = train_shared_tokenizer(args)
+    tokenizer_dir = args.tokenizer or train_shared_tokenizer(args)
 
     results = {}
     for name in args.models:
@@ -190,7 +192,7 @@ def main() -> None:
 
     vocabulary = len(AutoTokenizer.from_pretrained(tokenizer_dir))
     print(f"\n### WikiText-2, {args.minutes:g} minutes of training per model, 2-core CPU, "
-          f"{args.tokenizer_model} tokenizer ({vocabulary:,} tokens)\n")
+          f"{'the' if args.tokenizer else args.tokenizer_model} tokenizer ({vocabulary:,} tokens)\n")
     print("| model | params | steps | tokens seen | tokens/s | train min | valid word ppl | test word ppl "
           "| test token ppl | test bits/byte |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -203,8 +205,11 @@ def main() -> None:
     print("\nAnchors on these files: pytorch/examples' tied 2-layer LSTM, 40 epochs on a GPU: 87.17 test word "
           "perplexity; AWD-LSTM: 65.8.")
 
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        print("\nno plot: matplotlib is not installed (pip install -e '.[bench]')")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
