@@ -120,6 +120,20 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert math.isclose(rates[-1], 0.1)
 
 
+@pytest.mark.parametrize("warmup, planned_at, total", [(100, 13, 115), (5, 13, 115), (100, 13, 40), (10, 13, 14)])
+def test_a_schedule_fixed_mid_run_never_jumps_and_ends_at_the_floor(warmup, planned_at, total):
+    from yuyan.training.pretrain import fix_schedule, new_schedule_plan, schedule_factor
+
+    plan = new_schedule_plan(warmup)
+    before = [schedule_factor(step, plan, 0.1) for step in range(planned_at)]
+    fix_schedule(plan, total, planned_at, "max_minutes", 0.1)
+    after = [schedule_factor(step, plan, 0.1) for step in range(planned_at, total + 1)]
+    rates = before + after
+    steepest = max(1 / warmup, 1 / max(1, plan["final_warmup_steps"] - planned_at), math.pi / max(1, total - planned_at))
+    assert all(abs(b - a) <= steepest + 1e-9 for a, b in zip(rates, rates[1:])), "the rate jumped"
+    assert max(rates) <= 1.0 and math.isclose(rates[-1], 0.1) and rates[-1] == min(rates[planned_at:])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------------------------
