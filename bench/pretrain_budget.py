@@ -1,15 +1,20 @@
-"""Pretraining on WikiText-2 under a fixed wall-clock budget: the Yuyan `small` stacks against transformers'
-LlamaForCausalLM at the same dimensions, trained the way transformers' `run_clm` example trains it (Trainer
-defaults: AdamW, learning rate 5e-5, linear decay over 3 epochs, fp32).
+"""Pretraining on WikiText-2 under a fixed wall-clock budget: the Yuyan `small` stacks and the classic `seed-lstm`
+(optionally against transformers' LlamaForCausalLM at the `small` dimensions, trained the way transformers'
+`run_clm` example trains it: Trainer defaults, AdamW, learning rate 5e-5, linear decay over 3 epochs, fp32).
 
-Every model gets the same tokenizer (byte-level BPE trained on the training split), the same packed blocks and the
-same budget. Afterwards each is scored on the validation and test files with `yuyan eval`'s strided evaluation:
-word-level perplexity as the WikiText papers count it (whitespace words + one end-of-line per line), so the
-numbers sit beside published LSTM results whatever the tokenizer.
+Every model of a run gets the same tokenizer (byte-level BPE, or word-level with `--tokenizer-model word`, both
+trained on the training split), the same packed blocks and the same budget: `yuyan pretrain --max-minutes`, which
+measures each model's step time and ends its learning-rate schedule with the budget. The training file is read as
+one stream (`--txt-split file`: blank lines kept, as the text is scored). Afterwards each model is scored on the
+validation and test files with `yuyan eval`'s strided evaluation: word-level perplexity as the WikiText papers
+count it (whitespace words + one end-of-line per line), so the numbers sit beside published LSTM results whatever
+the tokenizer. With the word-level tokenizer and the whole training vocabulary (the default for `word`: 33,278
+entries with `<unk>`), one token is one counted word: token and word perplexity are the same number.
 
-    python bench/pretrain_budget.py                       # 20 minutes per model (about 90 minutes in all)
-    python bench/pretrain_budget.py --minutes 5           # a shorter budget
-    python bench/pretrain_budget.py --minutes 0.2 --eval-chars 20000 --models attention   # a smoke run
+    python bench/pretrain_budget.py --minutes 15                          # about an hour for the four models
+    python bench/pretrain_budget.py --minutes 15 --tokenizer-model word   # the word-level rows
+    python bench/pretrain_budget.py --minutes 60 --models lstm            # the best stack alone
+    python bench/pretrain_budget.py --minutes 0.2 --eval-chars 20000 --models attention seed-lstm   # a smoke run
 
 Writes OUTPUT/results.json, OUTPUT/loss_vs_time.png and prints a Markdown table. Each Yuyan model trains in its
 own `yuyan pretrain` process (the same command a user runs).
@@ -30,11 +35,12 @@ DATA = REPO.parent / "shared" / "data" / "wikitext-2"
 
 
 def train_yuyan(kind: str, args, tokenizer_dir: Path, output: Path) -> dict:
+    config = REPO / "configs" / (f"{kind}.yaml" if kind == "seed-lstm" else f"small-{kind}.yaml")
     command = [
-        sys.executable, "-m", "yuyan.cli", "pretrain", "--config", str(REPO / "configs" / f"small-{kind}.yaml"),
-        "--data", str(DATA / "train.txt"), "--validation-data", str(DATA / "valid.txt"),
+        sys.executable, "-m", "yuyan.cli", "pretrain", "--config", str(config),
+        "--data", str(DATA / "train.txt"), "--validation-data", str(DATA / "valid.txt"), "--txt-split", args.txt_split,
         "--tokenizer", str(tokenizer_dir), "--output", str(output), "--max-minutes", str(args.minutes),
-        "--max-steps", str(args.schedule_steps), "--mixed-precision", args.mixed_precision,
+        "--mixed-precision", args.mixed_precision,
         "--eval-steps", "100000", "--save-steps", "100000", "--logging-steps", "20", "--overwrite",
         "--block-size", str(args.block_size),
     ]
@@ -43,6 +49,8 @@ def train_yuyan(kind: str, args, tokenizer_dir: Path, output: Path) -> dict:
     losses = dict(metrics["loss_history"])
     return {
         "tokens_seen": metrics["tokens_seen"],
+        "steps": metrics["steps"],
+        "stop_reason": metrics["stop_reason"],
         "train_seconds": metrics["train_seconds"],
         "parameters": metrics["parameters"],
         "curve": [(seconds, losses[step]) for step, seconds in metrics["time_history"]],
@@ -61,7 +69,8 @@ def train_llama(args, tokenizer_dir: Path, output: Path) -> dict:
     from yuyan.training.data import TextSource, load_documents, tokenize_and_pack
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    blocks = tokenize_and_pack(load_documents(TextSource(files=[str(DATA / "train.txt")])), tokenizer, args.block_size)
+    documents = load_documents(TextSource(files=[str(DATA / "train.txt")], txt_split=args.txt_split))
+    blocks = tokenize_and_pack(documents, tokenizer, args.block_size)
     reference = YuyanConfig.from_preset("small-attention", vocab_size=len(tokenizer))
     torch.manual_seed(42)
     model = LlamaForCausalLM(LlamaConfig(
@@ -100,6 +109,8 @@ def train_llama(args, tokenizer_dir: Path, output: Path) -> dict:
     tokenizer.save_pretrained(str(output))
     return {
         "tokens_seen": trainer.state.global_step * 16 * args.block_size,
+        "steps": trainer.state.global_step,
+        "stop_reason": "max_minutes",
         "train_seconds": seconds,
         "parameters": model.num_parameters(),
         "curve": curve,
@@ -125,31 +136,45 @@ def evaluate(model_dir: Path, args) -> dict:
     return scores
 
 
+def train_shared_tokenizer(args) -> Path:
+    """One tokenizer for every model of the run, trained on the training split (reused when already there)."""
+    vocabulary = args.vocab_size or ("all" if args.tokenizer_model == "word" else 16384)
+    tokenizer_dir = args.output / f"tokenizer-{args.tokenizer_model}-{vocabulary}"
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        if args.tokenizer_model == "word":
+            from yuyan.tokenization import train_word_tokenizer
+
+            train_word_tokenizer(files=[DATA / "train.txt"], vocab_size=args.vocab_size, output_dir=tokenizer_dir)
+        else:
+            from yuyan.tokenization import train_tokenizer
+
+            train_tokenizer(files=[DATA / "train.txt"], vocab_size=vocabulary, output_dir=tokenizer_dir,
+                            txt_split="paragraph")
+    return tokenizer_dir
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=20.0, help="training budget per model")
-    parser.add_argument("--models", nargs="+", default=["attention", "lstm", "hybrid", "llama"])
+    parser.add_argument("--minutes", type=float, default=15.0, help="training budget per model")
+    parser.add_argument("--models", nargs="+", default=["attention", "lstm", "hybrid", "seed-lstm"],
+                        choices=["attention", "lstm", "hybrid", "seed-lstm", "llama"])
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "pretrain")
-    parser.add_argument("--vocab-size", type=int, default=16384)
+    parser.add_argument("--tokenizer-model", choices=("bpe", "word"), default="bpe",
+                        help="one tokenizer for all models: byte-level BPE or word-level (rare words as <unk>)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="use this tokenizer folder instead of training one (e.g. finetune_report.py's bilingual one)")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="tokenizer vocabulary (default: 16384 for bpe, every training word for word)")
     parser.add_argument("--block-size", type=int, default=256)
+    parser.add_argument("--txt-split", choices=("file", "paragraph", "line"), default="file",
+                        help="documents of the training file (file: one stream, blank lines kept, as it is scored)")
     parser.add_argument("--mixed-precision", default="bf16", help="for the Yuyan runs (Llama keeps fp32, as run_clm)")
-    parser.add_argument("--schedule-steps", type=int, default=None,
-                        help="length of the Yuyan learning-rate schedule (default: what the budget allows, estimated)")
     parser.add_argument("--eval-chars", type=int, default=None, help="score only this many characters (smoke runs)")
     args = parser.parse_args()
     if not DATA.exists():
         sys.exit(f"WikiText-2 not found at {DATA}")
-    if args.schedule_steps is None:
-        # The cosine schedule should end where the budget does; ~1 step/s at `small` size on 2 cores.
-        args.schedule_steps = max(50, int(args.minutes * 60 * 1.0))
     args.output.mkdir(parents=True, exist_ok=True)
-
-    tokenizer_dir = args.output / "tokenizer"
-    if not (tokenizer_dir / "tokenizer.json").exists():
-        from yuyan.tokenization import train_tokenizer
-
-        train_tokenizer(files=[DATA / "train.txt"], vocab_size=args.vocab_size, output_dir=tokenizer_dir,
-                        txt_split="paragraph")
+    tokenizer_dir = args.tokenizer or train_shared_tokenizer(args)
 
     results = {}
     for name in args.models:
@@ -161,20 +186,30 @@ def main() -> None:
         (args.output / "results.json").write_text(json.dumps(results, indent=1))
 
     labels = {"attention": "Yuyan small-attention", "lstm": "Yuyan small-lstm", "hybrid": "Yuyan small-hybrid",
+              "seed-lstm": "seed-lstm (Embedding 128, LSTM 128, untied)",
               "llama": "HF Llama, run_clm recipe (Trainer defaults, fp32)"}
-    print(f"\n### WikiText-2, {args.minutes:g} minutes of training per model, 2-core CPU\n")
-    print("| model | params | tokens seen | tokens/s | valid word ppl | test word ppl | test token ppl | test bits/byte |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    from transformers import AutoTokenizer
+
+    vocabulary = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    print(f"\n### WikiText-2, {args.minutes:g} minutes of training per model, 2-core CPU, "
+          f"{'the' if args.tokenizer else args.tokenizer_model} tokenizer ({vocabulary:,} tokens)\n")
+    print("| model | params | steps | tokens seen | tokens/s | train min | valid word ppl | test word ppl "
+          "| test token ppl | test bits/byte |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, run in results.items():
         valid, test = run["scores"]["valid"], run["scores"]["test"]
-        print(f"| {labels[name]} | {run['parameters'] / 1e6:.1f}M | {run['tokens_seen']:,} "
-              f"| {run['tokens_seen'] / run['train_seconds']:,.0f} | {valid['word_perplexity']:,.1f} "
-              f"| {test['word_perplexity']:,.1f} | {test['perplexity']:.1f} | {test['bits_per_byte']:.3f} |")
+        print(f"| {labels[name]} | {run['parameters'] / 1e6:.1f}M | {run['steps']:,} | {run['tokens_seen']:,} "
+              f"| {run['tokens_seen'] / run['train_seconds']:,.0f} | {run['train_seconds'] / 60:.2f} "
+              f"| {valid['word_perplexity']:,.1f} | {test['word_perplexity']:,.1f} | {test['perplexity']:.1f} "
+              f"| {test['bits_per_byte']:.3f} |")
     print("\nAnchors on these files: pytorch/examples' tied 2-layer LSTM, 40 epochs on a GPU: 87.17 test word "
           "perplexity; AWD-LSTM: 65.8.")
 
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        print("\nno plot: matplotlib is not installed (pip install -e '.[bench]')")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -156,6 +156,16 @@ def test_metrics_follow_from_nll_and_counts(tokenizer):
     assert 0.2 * len(tokenizer) < result["perplexity"] < 5 * len(tokenizer)
 
 
+def test_word_level_tokenizer_makes_token_perplexity_the_word_perplexity():
+    from yuyan.tokenization import train_word_tokenizer
+
+    text = SAMPLE + "\n"  # every line ends: one token per whitespace word and per line, as count_words counts
+    tokenizer = train_word_tokenizer([text, *CORPUS])
+    result = evaluate_text(make_model(tokenizer, "lstm"), tokenizer, text, block_size=16, stride=4, show_progress=False)
+    assert result["tokens"] == result["words"] == count_words(text)
+    assert result["word_perplexity"] == pytest.approx(result["perplexity"])
+
+
 def test_default_stride_and_training_mode_restored(tokenizer):
     model = make_model(tokenizer, "attention", max_position_embeddings=24).train()
     with pytest.warns(UserWarning, match="max_position_embeddings"):

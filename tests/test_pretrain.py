@@ -120,6 +120,20 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert math.isclose(rates[-1], 0.1)
 
 
+@pytest.mark.parametrize("warmup, planned_at, total", [(100, 13, 115), (5, 13, 115), (100, 13, 40), (10, 13, 14)])
+def test_a_schedule_fixed_mid_run_never_jumps_and_ends_at_the_floor(warmup, planned_at, total):
+    from yuyan.training.pretrain import fix_schedule, new_schedule_plan, schedule_factor
+
+    plan = new_schedule_plan(warmup)
+    before = [schedule_factor(step, plan, 0.1) for step in range(planned_at)]
+    fix_schedule(plan, total, planned_at, "max_minutes", 0.1)
+    after = [schedule_factor(step, plan, 0.1) for step in range(planned_at, total + 1)]
+    rates = before + after
+    steepest = max(1 / warmup, 1 / max(1, plan["final_warmup_steps"] - planned_at), math.pi / max(1, total - planned_at))
+    assert all(abs(b - a) <= steepest + 1e-9 for a, b in zip(rates, rates[1:])), "the rate jumped"
+    assert max(rates) <= 1.0 and math.isclose(rates[-1], 0.1) and rates[-1] == min(rates[planned_at:])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------------------------
@@ -273,3 +287,145 @@ def test_two_processes_follow_one_process_with_twice_the_batch(tmp_path, corpus)
     for (step_a, loss_a), (step_b, loss_b) in zip(one["loss_history"], two["loss_history"], strict=True):
         assert step_a == step_b and math.isclose(loss_a, loss_b, abs_tol=1e-4), (step_a, loss_a, loss_b)
     assert math.isclose(one["validation_loss"], two["validation_loss"], abs_tol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Time budgets, on a fake clock driven by the model's work
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Crash(Exception):
+    """A simulated kill in the middle of a run."""
+
+
+class WorkClock:
+    """A clock that moves only when the model works: each training forward takes `train` seconds, each
+    evaluation forward `evaluate` seconds. Optionally raises `Crash` at the `crash_at`-th training forward."""
+
+    def __init__(self, train: float = 0.5, evaluate: float = 0.1, crash_at: int | None = None):
+        self.now, self.train, self.evaluate, self.crash_at, self.training_forwards = 0.0, train, evaluate, crash_at, 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def _tick(self, module, args):
+        if isinstance(module, yuyan.YuyanForCausalLM):
+            if module.training:
+                self.training_forwards += 1
+                if self.training_forwards == self.crash_at:
+                    raise Crash
+            self.now += self.train if module.training else self.evaluate
+
+    def __enter__(self):
+        self._handle = torch.nn.modules.module.register_module_forward_pre_hook(self._tick)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+def budget_run(corpus, output: Path, clock: WorkClock, dropout: float = 0.0, **training) -> dict:
+    from yuyan.training.pretrain import pretrain
+
+    overrides = {**parse_set(TINY), "hidden_dropout": dropout}
+    model_values, args = resolve_config(
+        "tiny-hybrid", overrides,
+        {"data": [str(corpus["train"])], "validation_data": [str(corpus["valid"])], "tokenizer": str(corpus["tokenizer"]),
+         "block_size": 16, "batch_size": 4, "eval_steps": 20, "eval_batches": 2, "logging_steps": 5,
+         "save_steps": 1000, "output": str(output), "seed": 5, **training},
+    )
+    with clock:
+        return pretrain(args, model_values, clock=clock)
+
+
+def parse_set(flags: list[str]) -> dict:
+    from yuyan.training.pretrain import parse_overrides
+
+    return parse_overrides([flags[i + 1] for i, flag in enumerate(flags) if flag == "--set"])
+
+
+def final_state(output: Path) -> dict:
+    return json.loads((sorted((output / "checkpoints").iterdir())[-1] / "trainer_state.json").read_text())
+
+
+def final_learning_rate(output: Path) -> float:
+    """The learning rate the optimizer holds in the run's last checkpoint (what the schedule set last)."""
+    optimizer = torch.load(sorted((output / "checkpoints").iterdir())[-1] / "optimizer.bin", weights_only=False)
+    return optimizer["param_groups"][0]["lr"]
+
+
+def test_time_budget_alone_fills_the_budget_over_several_epochs(tmp_path, corpus, one_thread):
+    # 0.5 s a step on the fake clock: a 1-minute budget holds about 115 steps, over two epochs of this corpus.
+    out = tmp_path / "run"
+    metrics = budget_run(corpus, out, WorkClock(), max_minutes=1.0, learning_rate=1e-3, min_learning_rate_ratio=0.1)
+    state = final_state(out)
+    schedule = state["schedule"]
+    assert metrics["stop_reason"] == "max_minutes" and schedule["fixed_by"] == "max_minutes"
+    # The step count was fixed early from the measured step time, and the run ended on it, not on the clock.
+    assert 0 < schedule["planned_at"] <= 20 and schedule["measured_step_seconds"] == 0.5
+    assert metrics["steps"] == schedule["total_steps"] and 0.9 * 60 <= metrics["train_seconds"] <= 60
+    assert state["epoch"] >= 2, "a time budget alone must train as many epochs as fit"
+    assert math.isclose(final_learning_rate(out), 1e-3 * 0.1, rel_tol=1e-6), "the schedule did not end with the run"
+
+
+def test_the_first_budget_reached_ends_the_run_and_the_schedule(tmp_path, corpus, one_thread):
+    # A step budget inside the time budget: the run is exactly the run with the step budget alone.
+    steps_only = budget_run(corpus, tmp_path / "steps", WorkClock(), max_steps=25)
+    both = budget_run(corpus, tmp_path / "both", WorkClock(), max_steps=25, max_minutes=1.0)
+    assert both["stop_reason"] == steps_only["stop_reason"] == "max_steps" and both["steps"] == 25
+    assert both["loss_history"] == steps_only["loss_history"]
+    expected, got = load_file(tmp_path / "steps" / "model.safetensors"), load_file(tmp_path / "both" / "model.safetensors")
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+
+    # A token budget before the step budget: 20 steps of 4 x 16 tokens.
+    tokens = budget_run(corpus, tmp_path / "tokens", WorkClock(), max_tokens=20 * 64, max_steps=100)
+    assert tokens["stop_reason"] == "max_tokens" and tokens["steps"] == 20 and tokens["tokens_seen"] == 1280
+
+    # A time budget before the step budget: the schedule is shortened to what the time allows and ends on time.
+    out = tmp_path / "time"
+    timed = budget_run(corpus, out, WorkClock(), max_steps=1000, max_minutes=0.5, min_learning_rate_ratio=0.1)
+    schedule = final_state(out)["schedule"]
+    assert timed["stop_reason"] == "max_minutes" and timed["steps"] == schedule["total_steps"] < 60
+    assert timed["train_seconds"] <= 30
+    assert math.isclose(final_learning_rate(out), 1e-3 * 0.1, rel_tol=1e-6)
+
+
+def test_resume_with_a_time_budget_is_exact(tmp_path, corpus, one_thread):
+    # Dropout on: after a crash at step 47 (after the plan and the checkpoint at step 40), the resumed run follows
+    # the plan fixed before the crash and ends with the uninterrupted run's weights, bit for bit.
+    training = {"max_minutes": 1.0, "save_steps": 10, "dropout": 0.1}
+    straight = budget_run(corpus, tmp_path / "straight", WorkClock(), **training)
+    out = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        budget_run(corpus, out, WorkClock(crash_at=47), **training)
+    assert (out / "checkpoints" / "step-0000040").is_dir() and not (out / "model.safetensors").exists()
+    resumed = budget_run(corpus, out, WorkClock(), resume="latest", **training)
+    assert resumed["steps"] == straight["steps"] and resumed["loss_history"] == straight["loss_history"]
+    assert final_state(out)["schedule"] == final_state(tmp_path / "straight")["schedule"]
+    expected, got = load_file(tmp_path / "straight" / "model.safetensors"), load_file(out / "model.safetensors")
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this torch has no torch.optim.Muon")
+def test_muon_optimizer_trains_the_hidden_matrices_and_resumes_exactly(tmp_path, corpus, one_thread):
+    from yuyan.training.pretrain import make_optimizer
+
+    _, args = resolve_config("tiny-hybrid", {}, {"optimizer": "muon"})
+    model = yuyan.YuyanForCausalLM(yuyan.YuyanConfig.from_preset("tiny-hybrid", vocab_size=320))
+    muon = make_optimizer(model, args).optimizers[1]
+    assert isinstance(muon, torch.optim.Muon)
+    names = {id(p): name for name, p in model.named_parameters()}
+    in_muon = {names[id(p)] for group in muon.param_groups for p in group["params"]}
+    assert "model.layers.1.self_attn.qkv_proj.weight" in in_muon and "model.layers.0.recurrent.lstm.weight_hh_l0" in in_muon
+    assert not any("embed" in n or "norm" in n or "bias" in n for n in in_muon)
+
+    training = {"optimizer": "muon", "max_steps": 12, "save_steps": 4, "dropout": 0.1}
+    straight = budget_run(corpus, tmp_path / "straight", WorkClock(), **training)
+    assert straight["loss_history"][-1][1] < straight["loss_history"][0][1]
+    with pytest.raises(Crash):
+        budget_run(corpus, tmp_path / "crashed", WorkClock(crash_at=10), **training)
+    resumed = budget_run(corpus, tmp_path / "crashed", WorkClock(), resume="latest", **training)
+    assert resumed["loss_history"] == straight["loss_history"]
+    expected, got = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "crashed" / "model.safetensors")
+    assert all(torch.equal(expected[name], got[name]) for name in expected)

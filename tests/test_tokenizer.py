@@ -720,3 +720,89 @@ def test_round_trip_on_shared_files(mixed_tokenizer):
     english = list(iter_texts(SHARED_DATA / "wikitext-2" / "valid.txt", max_texts=300))
     for text in contexts + english:
         assert mixed_tokenizer.decode(mixed_tokenizer.encode(text)) == nfc(text)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Word-level tokenizer
+# ---------------------------------------------------------------------------------------------------------------
+
+WORD_CORPUS = [
+    " = Cats = \n",
+    " the cat sat on the mat . \n",
+    " the dog sat on the <unk> . \n",
+    " a cat and a dog , the end . \n",
+]
+
+
+def test_word_tokenizer_vocabulary_and_unknown_words():
+    from yuyan.tokenization import train_word_tokenizer
+
+    tokenizer = train_word_tokenizer(WORD_CORPUS)
+    words = {word for text in WORD_CORPUS for word in text.split()}
+    # Every word once (the corpus's own "<unk>" is the unknown token), the line end, the 5 built-in tokens.
+    assert len(tokenizer) == len(words | {"<unk>"}) + 1 + 5
+    assert tokenizer.convert_ids_to_tokens(list(range(6))) == [ENDOFTEXT, PAD, "<|system|>", "<|user|>", "<|assistant|>", "<unk>"]
+    assert (tokenizer.unk_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (5, 0, 1)
+    assert sorted(tokenizer.get_vocab().values()) == list(range(len(tokenizer))), "ids must be dense"
+
+    ids = tokenizer(" the zebra sat\n\non  the <unk>\r\n", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["the", "<unk>", "sat", "\n", "\n", "on", "the", "<unk>", "\n"]
+    assert tokenizer.decode(ids) == "the <unk> sat \n \n on the <unk> \n"
+
+    # The most frequent words only: "the" (5 times) stays, the words seen once go.
+    small = train_word_tokenizer(WORD_CORPUS, vocab_size=10)
+    assert len(small) == 10 and "the" in small.get_vocab() and "mat" not in small.get_vocab()
+    frequent = train_word_tokenizer(WORD_CORPUS, min_frequency=2)
+    assert set(frequent.get_vocab()) - {ENDOFTEXT, PAD, "<|system|>", "<|user|>", "<|assistant|>", "<unk>"} == {
+        "the", "cat", "dog", "sat", "on", "a", ".", "=", "\n"}
+
+
+def test_word_tokenizer_without_line_ends_still_has_one():
+    from yuyan.tokenization import train_word_tokenizer
+
+    tokenizer = train_word_tokenizer(["one two", "two three"])
+    ids = tokenizer("two\nfour", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["two", "\n", "<unk>"]
+    assert "\n" in tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_word_tokenizer_saves_and_loads_with_auto_tokenizer(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from yuyan.cli import main
+
+    (tmp_path / "train.txt").write_text("".join(WORD_CORPUS), encoding="utf-8")
+    assert main(["tokenizer", "train", "--model", "word", "--data", str(tmp_path / "train.txt"),
+                 "--output", str(tmp_path / "tok")]) == 0
+    assert "unknown words: <unk> = 5" in capsys.readouterr().out
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert loaded.unk_token == "<unk>" and loaded.eos_token == ENDOFTEXT
+    text = " the cat sat on a zebra . \n"
+    assert loaded.convert_ids_to_tokens(loaded(text, add_special_tokens=False)["input_ids"]) == [
+        "the", "cat", "sat", "on", "a", "<unk>", ".", "\n"]
+
+
+def test_word_tokenizer_errors(tmp_path):
+    from yuyan.tokenization import train_word_tokenizer
+
+    with pytest.raises(ValueError, match="vocab_size=7 is too small"):
+        train_word_tokenizer(WORD_CORPUS, vocab_size=7)
+    with pytest.raises(ValueError, match="min_frequency"):
+        train_word_tokenizer(WORD_CORPUS, min_frequency=0)
+    with pytest.raises(ValueError, match="empty corpus"):
+        train_word_tokenizer([" \n", ""])
+
+
+@needs_shared
+def test_word_tokenizer_on_wikitext2_matches_the_published_vocabulary_and_word_counts():
+    from yuyan.tokenization import train_word_tokenizer
+    from yuyan.training.evaluation import count_words, tokenize_text
+
+    folder = SHARED_DATA / "wikitext-2"
+    tokenizer = train_word_tokenizer(files=[folder / "train.txt"])
+    # 33,278: WikiText-2's vocabulary (its <unk> and <eos>, here the line end, included); plus the 5 built-ins.
+    assert len(tokenizer) - 5 == 33_278
+    for split, words in (("valid", 217_646), ("test", 245_569)):
+        text = (folder / f"{split}.txt").read_text(encoding="utf-8")
+        # One token per word and line end: token perplexity is word perplexity.
+        assert len(tokenize_text(tokenizer, text)) == count_words(text) == words

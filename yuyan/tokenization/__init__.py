@@ -1,4 +1,4 @@
-"""Training and loading Yuyan tokenizers (byte-level BPE).
+"""Training and loading Yuyan tokenizers: byte-level BPE (the default) or word-level (`train_word_tokenizer`).
 
 Train one from files, globs, a `datasets` dataset or any iterable of texts, and get a
 `transformers.PreTrainedTokenizerFast` back; the saved folder loads with `AutoTokenizer.from_pretrained(path)`
@@ -39,6 +39,9 @@ _EXPORTS = {
     "special_tokens_list": "bpe",
     "train_tokenizer": "bpe",
     "wrap_tokenizer": "bpe",
+    # yuyan.tokenization.word
+    "build_word_backend_tokenizer": "word",
+    "train_word_tokenizer": "word",
     # yuyan.tokenization.data
     "SUPPORTED_SUFFIXES": "data",
     "TXT_SPLITS": "data",

@@ -362,8 +362,11 @@ def wrap_tokenizer(
     model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
     padding_side: str = "right",
     chat_template: str | None = DEFAULT_CHAT_TEMPLATE,
+    unk_token: str | None = None,
 ):
-    """Wrap a trained `tokenizers.Tokenizer` (holding the built-in special tokens) as a `PreTrainedTokenizerFast`."""
+    """Wrap a trained `tokenizers.Tokenizer` (holding the built-in special tokens) as a `PreTrainedTokenizerFast`.
+    `unk_token` names the model's unknown token where it has one (the word-level tokenizer; byte-level BPE has
+    none: every string is encodable)."""
     from transformers import PreTrainedTokenizerFast
 
     _check_wrapper_args(model_max_length, padding_side)
@@ -376,7 +379,8 @@ def wrap_tokenizer(
         bos_token=ENDOFTEXT,
         eos_token=ENDOFTEXT,
         pad_token=PAD,
-        extra_special_tokens=[SYSTEM, USER, ASSISTANT, *extra_special_tokens],
+        unk_token=unk_token,
+        extra_special_tokens=[SYSTEM, USER, ASSISTANT, *[t for t in extra_special_tokens if t != unk_token]],
         model_max_length=model_max_length,
         padding_side=padding_side,
         clean_up_tokenization_spaces=False,

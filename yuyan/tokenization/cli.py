@@ -32,7 +32,7 @@ def parse_size(value: str) -> int:
 
 
 def add_tokenizer_commands(subparsers) -> None:
-    tokenizer = subparsers.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tokenizer = subparsers.add_parser("tokenizer", help="train a byte-level BPE or word-level tokenizer")
     commands = tokenizer.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
     tokenizer.set_defaults(handler=lambda args: tokenizer.print_help())
 
@@ -40,8 +40,9 @@ def add_tokenizer_commands(subparsers) -> None:
         "train",
         help="train a tokenizer on files or a datasets dataset",
         description=(
-            "Train a byte-level BPE tokenizer (NFC, digits split, CJK runs kept apart, lossless) and save a folder "
-            "that transformers.AutoTokenizer.from_pretrained loads without yuyan."
+            "Train a byte-level BPE tokenizer (NFC, digits split, CJK runs kept apart, lossless) or, with --model word, "
+            "a word-level one (whitespace words, rare ones as <unk>), and save a folder that "
+            "transformers.AutoTokenizer.from_pretrained loads without yuyan."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -64,10 +65,15 @@ def add_tokenizer_commands(subparsers) -> None:
     source.add_argument("--max-bytes", type=parse_size, metavar="SIZE", help="stop after SIZE bytes of text, e.g. 200M")
 
     model = train.add_argument_group("tokenizer")
-    model.add_argument("--vocab-size", type=positive_int, default=DEFAULT_VOCAB_SIZE, metavar="N", help="vocabulary size, special and byte tokens included")
-    model.add_argument("--min-frequency", type=positive_int, default=DEFAULT_MIN_FREQUENCY, metavar="N", help="a pair must occur N times to be merged")
+    model.add_argument(
+        "--model", choices=("bpe", "word"), default="bpe",
+        help="bpe: byte-level BPE (lossless, any text); word: whole words, rare ones as <unk> (the classic word-level "
+        "language-model setup, e.g. WikiText), text split on whitespace, each line end a token",
+    )
+    model.add_argument("--vocab-size", type=positive_int, default=None, metavar="N", help=f"vocabulary size, special (and byte) tokens included (bpe default {DEFAULT_VOCAB_SIZE}; word default: every word seen --min-frequency times)")
+    model.add_argument("--min-frequency", type=positive_int, default=None, metavar="N", help=f"bpe: a pair must occur N times to be merged (default {DEFAULT_MIN_FREQUENCY}); word: a word must occur N times to be kept (default 1)")
     model.add_argument("--special-tokens", nargs="+", default=[], metavar="TOKEN", help="extra special tokens (after <|endoftext|> <|pad|> <|system|> <|user|> <|assistant|>)")
-    model.add_argument("--max-token-bytes", type=positive_int, default=DEFAULT_MAX_TOKEN_BYTES, metavar="N", help="longest token in UTF-8 bytes")
+    model.add_argument("--max-token-bytes", type=positive_int, default=DEFAULT_MAX_TOKEN_BYTES, metavar="N", help="bpe: longest token in UTF-8 bytes")
     model.add_argument("--model-max-length", type=positive_int, default=DEFAULT_MODEL_MAX_LENGTH, metavar="N", help="model_max_length saved with the tokenizer")
     model.add_argument("--padding-side", choices=("right", "left"), default="right", help="left for batched generation")
     model.add_argument("--no-chat-template", action="store_true", help="save without the default chat template")
@@ -84,6 +90,7 @@ def add_tokenizer_commands(subparsers) -> None:
 def run_train(args) -> None:
     from .bpe import _train
     from .data import iter_dataset_texts
+    from .word import _train_word
 
     if (args.data is None) == (args.dataset is None):
         raise ValueError("give the corpus with exactly one of --data PATH... or --dataset NAME")
@@ -96,7 +103,6 @@ def run_train(args) -> None:
         special_tokens=args.special_tokens,
         max_texts=args.max_texts,
         max_bytes=args.max_bytes,
-        max_token_bytes=args.max_token_bytes,
         model_max_length=args.model_max_length,
         padding_side=args.padding_side,
         chat_template=None if args.no_chat_template else DEFAULT_CHAT_TEMPLATE,
@@ -104,20 +110,34 @@ def run_train(args) -> None:
         overwrite=args.overwrite,
         show_progress=args.progress,
     )
+    if args.model == "word":
+        common["min_frequency"] = args.min_frequency or 1
+        train = _train_word  # the same corpus arguments, another model
+    else:
+        train = _train
+        common.update(
+            vocab_size=args.vocab_size or DEFAULT_VOCAB_SIZE,
+            min_frequency=args.min_frequency or DEFAULT_MIN_FREQUENCY,
+            max_token_bytes=args.max_token_bytes,
+        )
     if args.data is not None:
-        tokenizer, stats = _train(files=args.data, txt_split=args.txt_split, separator=args.txt_separator, **common)
+        tokenizer, stats = train(files=args.data, txt_split=args.txt_split, separator=args.txt_separator, **common)
         source = " ".join(args.data)
     else:
         texts = iter_dataset_texts(
             args.dataset, args.dataset_config, split=args.split, text_column=args.text_column,
             streaming=not args.no_streaming,
         )
-        tokenizer, stats = _train(texts, **common)
+        tokenizer, stats = train(texts, **common)
         source = f"dataset {args.dataset}" + (f" ({args.dataset_config})" if args.dataset_config else "") + f", split {args.split}"
 
     size = len(tokenizer)
     print(f"Trained on {stats.texts:,} texts ({stats.bytes / 1e6:,.1f} MB) from {source} in {stats.seconds:.1f} s.")
-    note = "" if size >= args.vocab_size else f" (asked for {args.vocab_size:,}: the corpus has no more pairs seen {args.min_frequency}+ times)"
+    asked, minimum = common["vocab_size"], common["min_frequency"]
+    what = "pairs" if args.model == "bpe" else "words"
+    note = "" if asked is None or size >= asked else f" (asked for {asked:,}: the corpus has no more {what} seen {minimum}+ times)"
+    if args.model == "word":
+        note += f"; unknown words: {tokenizer.unk_token} = {tokenizer.unk_token_id}"
     print(f"Vocabulary: {size:,} tokens{note}.")
     print(
         f"Special tokens: bos/eos {tokenizer.eos_token} = {tokenizer.eos_token_id}, pad {tokenizer.pad_token} = "

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -41,6 +41,15 @@ from yuyan.training.data import TextSource, load_documents, split_validation, to
 RUN_FILE = "run.json"
 STATE_FILE = "trainer_state.json"
 CHECKPOINTS = "checkpoints"
+# A time budget fixes the run's step count from the measured step time: the first steps after a (re)start are
+# left out (allocation, kernel warm-up), then at least TIME_MEASURE_STEPS steps and TIME_MEASURE_SECONDS (or
+# TIME_MEASURE_SHARE of a short budget) are timed. The plan uses TIME_BUDGET_USE of the budget: checkpoint writes
+# are not timed in advance, and the schedule should end before the clock does rather than be cut short by it.
+TIME_MEASURE_SKIP_STEPS = 2
+TIME_MEASURE_STEPS = 10
+TIME_MEASURE_SECONDS = 5.0
+TIME_MEASURE_SHARE = 0.02
+TIME_BUDGET_USE = 0.98
 
 
 @dataclass
@@ -56,6 +65,7 @@ class PretrainArguments:
     split: str = field(default="train", metadata={"help": "the dataset split to train on"})
     validation_split: str | None = field(default=None, metadata={"help": "the dataset split to validate on"})
     text_column: str = field(default="text", metadata={"help": "column holding the text"})
+    txt_split: str = field(default="paragraph", metadata={"help": "a document of a .txt file: paragraph (blank-line separated) | line | file (the whole file as one stream, blank lines kept, as WikiText is scored)"})
     streaming: bool = field(default=False, metadata={"help": "stream the data (corpora larger than memory)"})
     validation_fraction: float = field(default=0.02, metadata={"help": "share of documents held out when no validation data is given"})
     num_proc: int | None = field(default=None, metadata={"help": "processes for tokenisation (datasets.map)"})
@@ -65,13 +75,14 @@ class PretrainArguments:
     block_size: int = field(default=256, metadata={"help": "tokens per training sequence"})
     batch_size: int = field(default=16, metadata={"help": "sequences per device per micro-batch"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (default: one epoch)"})
+    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (default: one epoch, without any budget)"})
     max_tokens: int | None = field(default=None, metadata={"help": "stop after this many training tokens"})
-    max_minutes: float | None = field(default=None, metadata={"help": "stop cleanly (and save) after this much training time"})
+    max_minutes: float | None = field(default=None, metadata={"help": "training time: as many epochs as fit, the schedule ending with the budget (the first budget reached ends the run)"})
     # optimisation
     learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     min_learning_rate_ratio: float = field(default=0.1, metadata={"help": "final learning rate as a share of the peak"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw | muon (torch.optim.Muon on the 2-D hidden weights, AdamW on embeddings, head, norms, biases)"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on norms, biases, embeddings)"})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
@@ -97,12 +108,18 @@ class PretrainArguments:
                 raise ValueError(f"{name}={value!r} is not allowed: it must be a positive integer.")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes={self.max_minutes} is not allowed: it must be positive.")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer={self.optimizer!r} is unknown; allowed: adamw, muon.")
+        if self.optimizer == "muon" and not hasattr(torch.optim, "Muon"):
+            raise ValueError(f"optimizer='muon' needs torch.optim.Muon, which torch {torch.__version__} lacks; use adamw.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is unknown; allowed: no, bf16, fp16.")
         if self.learning_rate <= 0 or not 0 <= self.min_learning_rate_ratio <= 1:
             raise ValueError("learning_rate must be positive and min_learning_rate_ratio in [0, 1].")
         if self.data and self.dataset:
             raise ValueError("give either --data files or --dataset, not both.")
+        if self.txt_split not in ("paragraph", "line", "file"):
+            raise ValueError(f"txt_split={self.txt_split!r} is unknown; allowed: paragraph, line, file.")
         if self.streaming and not (self.max_steps or self.max_tokens or self.max_minutes):
             raise ValueError("a streaming run needs a budget: --max-steps, --max-tokens or --max-minutes.")
 
@@ -304,14 +321,49 @@ def evaluate_loss(model, dataloader, accelerator: Accelerator, max_batches: int 
 
 def warmup_cosine_schedule(optimizer, warmup_steps: int, total_steps: int, floor: float):
     """Linear warm-up to the peak, then cosine decay to `floor` x peak at `total_steps`."""
+    plan = {**new_schedule_plan(warmup_steps), "total_steps": total_steps, "fixed_by": "max_steps"}
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(step, plan, floor))
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def new_schedule_plan(warmup_steps: int) -> dict:
+    """A schedule whose length is not known yet: linear warm-up over `warmup_steps`, then the peak."""
+    return {"warmup_steps": warmup_steps, "total_steps": None, "planned_at": 0, "final_warmup_steps": warmup_steps,
+            "start_factor": 0.0, "fixed_by": None}
+
+
+def schedule_factor(step: int, plan: dict, floor: float) -> float:
+    """The learning-rate multiplier at optimizer step `step` (0-based) under `plan`.
+
+    While the run's length is unknown (`total_steps` None: a time budget is being measured) the rate warms up
+    linearly over `warmup_steps`. `fix_schedule` fixes the length at step `planned_at`; from there the rate goes
+    linearly from where it was (`start_factor`) to the peak at `final_warmup_steps`, then down a cosine to
+    `floor` x peak at `total_steps`; when the warm-up is already over, the cosine starts from the current rate.
+    So the rate never jumps when a plan is fixed mid-run. With `planned_at == 0` this is the plain linear warm-up
+    + cosine schedule. (Steps before `planned_at` were taken under the previous plan, which the plan replaces.)
+    """
+    total, planned_at = plan["total_steps"], plan["planned_at"]
+    if total is None or step < planned_at:
+        return min(1.0, (step + 1) / max(1, plan["warmup_steps"]))
+    final_warmup, start = plan["final_warmup_steps"], plan["start_factor"]
+    if step < final_warmup:
+        return start + (1 - start) * (step - planned_at + 1) / (final_warmup - planned_at)
+    top = 1.0 if final_warmup > planned_at else start
+    progress = min(1.0, (step - final_warmup) / max(1, total - final_warmup))
+    return floor + (top - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def fix_schedule(plan: dict, total_steps: int, step: int, fixed_by: str, floor: float) -> None:
+    """Fix the run's length to `total_steps`, from optimizer step `step` on. The warm-up becomes at most a tenth of
+    the run (short runs spend most of their steps decaying), and never ends before `step` (what is done stays
+    done)."""
+    start = schedule_factor(step - 1, plan, floor) if step > 0 else 0.0
+    plan.update(
+        total_steps=int(total_steps),
+        planned_at=step,
+        final_warmup_steps=max(step, min(plan["warmup_steps"], max(1, int(total_steps) // 10))),
+        start_factor=start,
+        fixed_by=fixed_by,
+    )
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -328,6 +380,8 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.optim.Optimizer:
+    if args.optimizer == "muon":
+        return make_muon_optimizer(model, args)
     groups = parameter_groups(model, args.weight_decay)
     betas = (args.adam_beta1, args.adam_beta2)
     # Fused AdamW runs on CPU and CUDA in current torch; foreach is the fallback.
@@ -335,6 +389,60 @@ def make_optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.opt
         return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, foreach=True)
+
+
+class CombinedOptimizer(torch.optim.Optimizer):
+    """Several optimizers over disjoint parameters, seen as one: one learning-rate schedule (its factor applies to
+    every group), one state dict for checkpoints, one `step`. The groups are the inner optimizers' own dicts, so a
+    scheduler setting `group["lr"]` sets it where the inner optimizer reads it."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        self.defaults = {}
+        self.param_groups = [group for optimizer in optimizers for group in optimizer.param_groups]
+        self.state = {}  # each inner optimizer keeps its own
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
+        self._optimizer_state_dict_pre_hooks, self._optimizer_state_dict_post_hooks = {}, {}
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
+        self._zero_grad_profile_name = "Optimizer.zero_grad#CombinedOptimizer.zero_grad"
+
+    def step(self, closure=None):
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for optimizer, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            optimizer.load_state_dict(state)
+        self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+
+def make_muon_optimizer(model: torch.nn.Module, args: PretrainArguments) -> CombinedOptimizer:
+    """Muon on the 2-D weights inside the stack (attention, MLP, LSTM matrices), AdamW on the rest: embeddings and
+    LM head (lookups and a classifier, which Muon's orthogonalised updates do not suit), norms and biases. Muon's
+    `match_rms_adamw` scaling gives its updates AdamW's size, so both share the learning rate and its schedule."""
+    hidden, rest = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_hidden = parameter.ndim == 2 and "embed" not in name and "lm_head" not in name
+        (hidden if is_hidden else rest).append((name, parameter))
+    hidden_ids = {id(p) for _, p in hidden}
+    groups = [
+        {**group, "params": [p for p in group["params"] if id(p) not in hidden_ids]}
+        for group in parameter_groups(model, args.weight_decay)
+    ]
+    groups = [group for group in groups if group["params"]]
+    adamw = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), foreach=True)
+    muon = torch.optim.Muon([p for _, p in hidden], lr=args.learning_rate, weight_decay=args.weight_decay,
+                            adjust_lr_fn="match_rms_adamw")
+    return CombinedOptimizer([adamw, muon])
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -398,17 +506,22 @@ def obtain_tokenizer(args: PretrainArguments, source: TextSource, vocab_size: in
 
 
 def pretrain(
-    args: PretrainArguments, model_values: dict[str, Any], accelerator: Accelerator | None = None
+    args: PretrainArguments, model_values: dict[str, Any], accelerator: Accelerator | None = None,
+    clock=time.perf_counter,
 ) -> dict[str, Any]:
-    """Run (or resume) a pretraining run; returns the final metrics. See the module docstring for the layout."""
+    """Run (or resume) a pretraining run; returns the final metrics. See the module docstring for the layout.
+
+    `clock` (seconds, monotonic) measures the training time that `max_minutes` budgets; tests pass a fake one.
+    """
     output = Path(args.output)
     source = TextSource(
         files=args.data, dataset=args.dataset, dataset_config=args.dataset_config, split=args.split,
-        text_column=args.text_column, streaming=args.streaming,
+        text_column=args.text_column, streaming=args.streaming, txt_split=args.txt_split,
     )
     validation_source = None
     if args.validation_data:
-        validation_source = TextSource(files=args.validation_data, text_column=args.text_column, streaming=args.streaming)
+        validation_source = TextSource(files=args.validation_data, text_column=args.text_column,
+                                       streaming=args.streaming, txt_split=args.txt_split)
     elif args.dataset and args.validation_split:
         validation_source = TextSource(
             dataset=args.dataset, dataset_config=args.dataset_config, split=args.validation_split,
@@ -434,6 +547,8 @@ def pretrain(
                  "block_size": args.block_size, "tokenizer": args.tokenizer, "seed": args.seed},
         "training": asdict(args),
     }
+    if args.txt_split != "paragraph":  # recorded only when set, so that runs from before the option still resume
+        run_record["data"]["txt_split"] = args.txt_split
 
     # Launched as several processes (accelerate launch / torchrun) on a machine without GPUs: Accelerate only
     # sets up CPU data parallelism (gloo) when told `cpu=True`.
@@ -507,19 +622,30 @@ def pretrain(
             )
 
     tokens_per_step = args.block_size * args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-    total_steps = args.max_steps
+    # Budgets known in steps from the start; one epoch when there is no budget at all. A time budget alone trains
+    # as many epochs as fit: its step count is fixed once the step time has been measured (`plan_time_budget`).
+    step_budgets = {}
+    if args.max_steps:
+        step_budgets["max_steps"] = args.max_steps
     if args.max_tokens:
-        total_steps = min(total_steps or math.inf, math.ceil(args.max_tokens / tokens_per_step))
-    if total_steps is None or total_steps == math.inf:
-        total_steps = steps_per_epoch  # no budget: one epoch
-    total_steps = int(total_steps)
-    scheduler = warmup_cosine_schedule(
-        optimizer, min(args.warmup_steps, max(1, total_steps // 10)), total_steps, args.min_learning_rate_ratio
+        step_budgets["max_tokens"] = math.ceil(args.max_tokens / tokens_per_step)
+    if not step_budgets and not args.max_minutes:
+        step_budgets["epoch"] = steps_per_epoch
+    known_by, known_steps = min(step_budgets.items(), key=lambda item: item[1]) if step_budgets else (None, None)
+    plan = new_schedule_plan(min(args.warmup_steps, max(1, known_steps // 10)) if known_steps else args.warmup_steps)
+    if known_steps:
+        fix_schedule(plan, known_steps, 0, known_by, args.min_learning_rate_ratio)
+    # With a time budget the plan is provisional until the step time is measured (`plan_time_budget`).
+    plan["time_budget_pending"] = bool(args.max_minutes)
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "tokens_seen": 0, "train_seconds": 0.0,
+             "loss_history": [], "eval_history": [], "time_history": [], "schedule": plan}
+    # The schedule reads the plan from `state`, which a resume replaces with the checkpoint's: the run goes on
+    # with the step count fixed before the interruption, whatever the clock says now.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: schedule_factor(step, state["schedule"], args.min_learning_rate_ratio)
     )
     accelerator.register_for_checkpointing(scheduler)
 
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "tokens_seen": 0, "train_seconds": 0.0,
-             "loss_history": [], "eval_history": [], "time_history": []}
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         state.update(json.loads((resume_from / STATE_FILE).read_text()))
@@ -549,14 +675,54 @@ def pretrain(
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
-    progress = tqdm(total=total_steps, initial=state["step"], desc="Pretraining", disable=not is_main,
-                    dynamic_ncols=True)
+    def planned_total() -> float:
+        total = state["schedule"]["total_steps"]
+        return math.inf if total is None else total
+
+    def plan_time_budget(step_seconds: float) -> None:
+        """Fix the run's step count from the measured step time: the steps that fit in what is left of the time
+        budget, less the periodic evaluations they bring (timed on one validation batch now), or the step budget
+        if that is smaller. Processes agree on the slowest one's times, so all fix the same count."""
+        eval_started = clock()
+        evaluate_loss(model, validation_loader, accelerator, max_batches=1)
+        eval_batch_seconds = clock() - eval_started
+        try:
+            eval_batches = len(validation_loader)
+        except TypeError:  # a streamed validation set has no length
+            eval_batches = args.eval_batches or 1
+        if args.eval_batches:
+            eval_batches = min(eval_batches, args.eval_batches)
+        times = accelerator.gather(torch.tensor([step_seconds, eval_batch_seconds], device=accelerator.device))
+        step_seconds, eval_batch_seconds = times.reshape(-1, 2).max(dim=0).values.tolist()
+        seconds_per_step = step_seconds + eval_batch_seconds * eval_batches / args.eval_steps
+        left = TIME_BUDGET_USE * args.max_minutes * 60 - state["train_seconds"]
+        time_steps = state["step"] + max(0, math.floor(left / seconds_per_step))
+        # The scheduler has already set the rate of the next step (index `step`): a new plan applies after it.
+        # When the step budget ends first, its schedule (in force from the start) stays as it is.
+        schedule = state["schedule"]
+        if schedule["total_steps"] is None or time_steps < schedule["total_steps"]:
+            fix_schedule(schedule, time_steps, state["step"] + 1, "max_minutes", args.min_learning_rate_ratio)
+        schedule["time_budget_pending"] = False
+        state["schedule"]["measured_step_seconds"] = round(step_seconds, 6)
+        progress.total = state["schedule"]["total_steps"]
+        progress.refresh()
+        progress.write(
+            f"time budget: {step_seconds:.4f} s a step (measured over {measured['steps']} steps), "
+            f"{eval_batch_seconds:.4f} s an evaluation batch: the run and its schedule end at step "
+            f"{state['schedule']['total_steps']} (set by {state['schedule']['fixed_by']})."
+        )
+
+    progress = tqdm(total=state["schedule"]["total_steps"], initial=state["step"], desc="Pretraining",
+                    disable=not is_main, dynamic_ncols=True)
     model.train()
-    started = time.perf_counter() - state["train_seconds"]
-    window_start, window_tokens = time.perf_counter(), 0
+    started = clock() - state["train_seconds"]
+    window_start, window_tokens = clock(), 0
+    # Step times for the time budget: the first steps of a process (allocation, warm-up of kernels) are left out.
+    measured = {"skipped": 0, "steps": 0, "seconds": 0.0}
+    step_started = clock()
     stop_reason = None
     last_loss = torch.zeros((), device=accelerator.device)
-    while stop_reason is None and state["step"] < total_steps:
+    while stop_reason is None and state["step"] < planned_total():
         train_loader.set_epoch(state["epoch"])
         loader = train_loader
         if state["batches_in_epoch"]:
@@ -580,11 +746,24 @@ def pretrain(
             step_loss = accelerator.reduce(last_loss, "mean").item()
             last_loss.zero_()
             state["loss_history"].append([state["step"], round(step_loss, 6)])
-            state["train_seconds"] = time.perf_counter() - started
+            now = clock()
+            state["train_seconds"] = now - started
             progress.update(1)
+            if state["schedule"].get("time_budget_pending"):
+                if measured["skipped"] < TIME_MEASURE_SKIP_STEPS:
+                    measured["skipped"] += 1
+                else:
+                    measured["steps"] += 1
+                    measured["seconds"] += now - step_started
+                enough_time = min(TIME_MEASURE_SECONDS, TIME_MEASURE_SHARE * args.max_minutes * 60)
+                ready = measured["steps"] >= TIME_MEASURE_STEPS and measured["seconds"] >= enough_time
+                if accelerator.num_processes > 1:  # all processes plan at the same step (the plan is collective)
+                    ready = bool(broadcast(torch.tensor([float(ready)], device=accelerator.device)).item())
+                if ready:
+                    plan_time_budget(measured["seconds"] / max(1, measured["steps"]))
 
-            if state["step"] % args.logging_steps == 0 or state["step"] == total_steps:
-                elapsed = time.perf_counter() - window_start
+            if state["step"] % args.logging_steps == 0 or state["step"] == planned_total():
+                elapsed = clock() - window_start
                 tokens_per_second = window_tokens / max(elapsed, 1e-9)
                 metrics = {
                     "train/loss": step_loss,
@@ -597,23 +776,28 @@ def pretrain(
                                      mfu=f"{metrics['train/mfu']:.0%}")
                 accelerator.log(metrics, step=state["step"])
                 state["time_history"].append([state["step"], round(state["train_seconds"], 3)])
-                window_start, window_tokens = time.perf_counter(), 0
-            if state["step"] % args.eval_steps == 0 and state["step"] < total_steps:
+                window_start, window_tokens = clock(), 0
+            if state["step"] % args.eval_steps == 0 and state["step"] < planned_total():
                 result = evaluate_loss(model, validation_loader, accelerator, args.eval_batches)
                 state["eval_history"].append([state["step"], round(result["loss"], 6)])
                 accelerator.log({"eval/loss": result["loss"], "eval/perplexity": result["perplexity"]}, step=state["step"])
                 progress.write(f"step {state['step']}: validation loss {result['loss']:.4f}, "
                                f"perplexity {result['perplexity']:.2f}")
-                window_start = time.perf_counter()
+                window_start = clock()
 
-            if state["step"] >= total_steps:
-                stop_reason = "max_steps" if args.max_steps == total_steps else "budget"
-            elif args.max_minutes and state["train_seconds"] >= args.max_minutes * 60:
+            out_of_time = bool(args.max_minutes) and state["train_seconds"] >= args.max_minutes * 60
+            if args.max_minutes and accelerator.num_processes > 1:
+                # Each process has its own clock: the main one decides, so that all stop at the same step.
+                out_of_time = bool(broadcast(torch.tensor([float(out_of_time)], device=accelerator.device)).item())
+            if state["step"] >= planned_total():
+                stop_reason = state["schedule"]["fixed_by"]
+            elif out_of_time:
                 stop_reason = "max_minutes"
             if state["step"] % args.save_steps == 0 or stop_reason:
                 save_checkpoint()
             if stop_reason:
                 break
+            step_started = clock()
         else:
             if args.streaming and state["batches_in_epoch"] == 0:
                 raise ValueError("the training stream gave no complete batch.")
