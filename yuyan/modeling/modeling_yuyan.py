@@ -93,6 +93,11 @@ DYNAMIC_LAYER_TYPE_MAPPING["lstm"] = YuyanLSTMCacheLayer
 STATIC_LAYER_TYPE_MAPPING["lstm"] = YuyanLSTMCacheLayer
 
 
+def _has_lstm_layers(config: YuyanConfig) -> bool:
+    """Whether any layer of the stack is an LSTM (one place that reads how the config names layer kinds)."""
+    return "lstm" in config.layer_types
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------------------------
@@ -333,7 +338,6 @@ class YuyanLSTM(nn.Module):
         state = torch.where((lengths == 0).view(batch, 1, 1), initial, state)
         return output, state
 
-
     def _scan_masked(self, hidden_states: torch.Tensor, mask: torch.Tensor, previous: torch.Tensor | None):
         """`_run_masked` for tracers (`torch.export`, `torch.compile`, ONNX): packing sorts rows by their lengths,
         read back from the data, which a traced graph cannot do. Here one cell call per position, unrolled over
@@ -496,7 +500,7 @@ class YuyanPreTrainedModel(PreTrainedModel):
         this model's compiled calls, where compilation (and any recompilation) happens, not process-wide.
         """
         compiled = super().get_compiled_call(compile_config)
-        if "lstm" not in self.config.layer_types:
+        if not _has_lstm_layers(self.config):
             return compiled
 
         def call(*args, **kwargs):
