@@ -71,3 +71,16 @@ def test_weights_are_restored_when_generate_fails():
     with pytest.raises(ValueError, match="outside this model's vocabulary"):
         model.generate(torch.tensor([[2, 3, 10_000]]), max_new_tokens=2)
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_generate_under_inference_mode_leaves_a_trainable_model():
+    """`yuyan generate` and evaluation call `generate` under `torch.inference_mode()`; the restored weights must
+    still be ordinary tensors that autograd can use."""
+    model = build("hybrid")
+    prompt = random_ids(1, 5)
+    with torch.inference_mode():
+        model.generate(prompt, max_new_tokens=3, do_sample=False)
+    assert not any(p.is_inference() for p in model.parameters())
+    model.train()
+    model(input_ids=prompt, labels=prompt).loss.backward()
+    assert model.lm_head.weight.grad is not None

@@ -744,15 +744,17 @@ class YuyanForCausalLM(YuyanPreTrainedModel, GenerationMixin):
         milliseconds per call. Off the CPU, or while training, it does nothing.
         """
         changed = []
+        # The copies are made outside inference mode even when `generate` is called inside it: a parameter
+        # holding an inference tensor could never be trained again.
         if not self.training and self.device.type == "cpu":
-            with torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad():
                 for weight in self._projection_weights():
                     weight.data = weight.data.t().contiguous().t()
                     changed.append(weight)
         try:
             yield self
         finally:
-            with torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad():
                 for weight in changed:
                     weight.data = weight.data.contiguous()
 
