@@ -31,7 +31,7 @@ def test_generate_decodes_with_transposed_weights_and_restores_them(stack, tmp_p
     hook = model.register_forward_hook(lambda module, args, output: seen.append(weight_strides(module)))
     prompt = random_ids(2, 5)
     with torch.no_grad():
-        generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False)
+        generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32, do_sample=False)
     hook.remove()
 
     # Inside generate: the head and every linear / LSTM matrix are column-major (same shape).
@@ -45,8 +45,23 @@ def test_generate_decodes_with_transposed_weights_and_restores_them(stack, tmp_p
     model.save_pretrained(tmp_path)
     reloaded = YuyanForCausalLM.from_pretrained(tmp_path).eval()
     reloaded.generation_config.eos_token_id = None
-    again = reloaded.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False)
+    again = reloaded.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32, do_sample=False)
     torch.testing.assert_close(again, generated)
+
+
+def test_short_generations_skip_the_layout():
+    """Two weight copies cost more than a few faster steps win back: short calls run in the usual layout."""
+    model = build("lstm")
+    seen = []
+    hook = model.register_forward_hook(lambda module, args, output: seen.append(module.lm_head.weight.is_contiguous()))
+    prompt = random_ids(1, 4)
+    model.generate(prompt, max_new_tokens=model.DECODE_LAYOUT_MIN_NEW_TOKENS - 1, do_sample=False)
+    assert seen and all(seen)
+    seen.clear()
+    model.generation_config.max_new_tokens = model.DECODE_LAYOUT_MIN_NEW_TOKENS
+    model.generate(prompt, do_sample=False)
+    assert seen and not any(seen)
+    hook.remove()
 
 
 def test_decode_layout_gives_the_same_logits():
@@ -69,7 +84,7 @@ def test_decode_layout_leaves_a_training_model_alone():
 def test_weights_are_restored_when_generate_fails():
     model = build("attention")
     with pytest.raises(ValueError, match="outside this model's vocabulary"):
-        model.generate(torch.tensor([[2, 3, 10_000]]), max_new_tokens=2)
+        model.generate(torch.tensor([[2, 3, 10_000]]), max_new_tokens=model.DECODE_LAYOUT_MIN_NEW_TOKENS)
     assert all(p.is_contiguous() for p in model.parameters())
 
 
@@ -79,7 +94,7 @@ def test_generate_under_inference_mode_leaves_a_trainable_model():
     model = build("hybrid")
     prompt = random_ids(1, 5)
     with torch.inference_mode():
-        model.generate(prompt, max_new_tokens=3, do_sample=False)
+        model.generate(prompt, max_new_tokens=model.DECODE_LAYOUT_MIN_NEW_TOKENS, do_sample=False)
     assert not any(p.is_inference() for p in model.parameters())
     model.train()
     model(input_ids=prompt, labels=prompt).loss.backward()
