@@ -15,8 +15,8 @@ Same run, same dimensions (width, depth, heads, MLP width, vocabulary, tied embe
 Tokens are the UTF-8 bytes of WikiText-2 (../shared/data) when present, so the loss curves mean something;
 random ids otherwise. Prints Markdown tables; `--json PATH` also writes the raw figures.
 
-    python bench/throughput.py                      # the README tables (~10 minutes on 2 idle cores)
-    python bench/throughput.py --skip-training      # decoding only (~4 minutes on 2 idle cores)
+    python bench/throughput.py                      # the README tables
+    python bench/throughput.py --skip-training      # decoding only (11 min at --threads 1 --repeats 2, loaded)
     python bench/throughput.py --quick              # a smoke run
 """
 
