@@ -1,19 +1,23 @@
-"""Training and generation throughput of the Yuyan stacks against transformers' LlamaForCausalLM.
+"""Training and decoding throughput of the Yuyan stacks against transformers' LlamaForCausalLM.
 
 Same run, same dimensions (width, depth, heads, MLP width, vocabulary, tied embeddings), same data:
 
 - training tokens/s: forward + backward + fused AdamW step on batches of `--batch` x `--seq` tokens, in float32
   and in bfloat16 autocast (the mixed precision Accelerate uses), median over `--steps` timed steps;
 - the bf16 loss curve against the fp32 one (same initial weights, same batches);
-- `generate` tokens/s, greedy, at batch 1 and 8 (`--gen-tokens` new tokens), and over one long generation
-  (`--long` new tokens, batch 1) with the cache's size at its end (an all-LSTM model's must not grow); medians of
-  `--repeats` runs, the models taking turns.
+- decoding (`--decode-preset`, by default the dimensions of issue #13: d 256, 4 layers, 4 heads, MLP 688,
+  vocabulary 8,192, tied): greedy `generate` tokens/s from a 32-token prompt at batch 1 x 128 new tokens and batch
+  8 x 1,024 new tokens, every Yuyan stack with its default `generate` call (what `pipeline` and `yuyan generate`
+  do) against Llama with its default options and with its fastest ones (`cache_implementation="static"`), and
+  the cache's size after 128 and 1,024 tokens (an all-LSTM model's must not grow). Medians of `--repeats` runs,
+  the models taking turns in each repeat, so that noise from other work on the machine falls on all alike.
 
 Tokens are the UTF-8 bytes of WikiText-2 (../shared/data) when present, so the loss curves mean something;
 random ids otherwise. Prints Markdown tables; `--json PATH` also writes the raw figures.
 
-    python bench/throughput.py                 # the README table (~10 minutes on 2 cores)
-    python bench/throughput.py --quick         # a smoke run
+    python bench/throughput.py                      # the README tables
+    python bench/throughput.py --skip-training      # decoding only (11 min at --threads 1 --repeats 2, loaded)
+    python bench/throughput.py --quick              # a smoke run
 """
 
 from __future__ import annotations
@@ -104,38 +108,114 @@ def cache_bytes(cache) -> int:
     return total
 
 
+# The dimensions issue #13 measured decoding at (~20 MB of weights in fp32).
+DECODE_DIMS = dict(
+    vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+    intermediate_size=688, max_position_embeddings=2048, tie_word_embeddings=True,
+)
+
+
+def decoding_models(preset: str | None) -> dict[str, tuple[torch.nn.Module, dict]]:
+    """name -> (model, extra `generate` options). Yuyan models get none: their default call is what is measured."""
+    dims = dict(DECODE_DIMS)
+    if preset:
+        dims = {k: v for k, v in YuyanConfig.from_preset(f"{preset}-attention").to_dict().items() if k in dims}
+    layers = dims["num_hidden_layers"]
+    stacks = {
+        "attention": ["full_attention"] * layers,
+        "lstm": ["lstm"] * layers,
+        "hybrid": ["lstm" if i % 2 == 0 else "full_attention" for i in range(layers)],
+    }
+    models = {}
+    for kind, layer_types in stacks.items():
+        torch.manual_seed(0)
+        models[f"yuyan {kind}"] = (YuyanForCausalLM(YuyanConfig(**dims, layer_types=layer_types)).eval(), {})
+    torch.manual_seed(0)
+    llama = llama_like(YuyanConfig(**dims)).eval()
+    models["HF Llama, default"] = (llama, {})
+    models["HF Llama, static cache"] = (llama, {"cache_implementation": "static"})
+    return models
+
+
 @torch.no_grad()
-def generation_rate(model, batch: int, new_tokens: int, vocab: int) -> tuple[float, int]:
-    """Greedy tokens/s of one `generate` call (prompt of 16 tokens), and the cache's size at its end."""
-    model.eval()
-    prompt = torch.randint(3, vocab, (batch, 16), generator=torch.Generator().manual_seed(1))
+def generation_rate(model, batch: int, new_tokens: int, vocab: int, options: dict) -> tuple[float, int]:
+    """Greedy tokens/s of one `generate` call (prompt of 32 tokens), and the cache's size at its end."""
+    prompt = torch.randint(3, vocab, (batch, 32), generator=torch.Generator().manual_seed(1))
     start = time.perf_counter()
     out = model.generate(
         prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-        do_sample=False, eos_token_id=None, pad_token_id=0, return_dict_in_generate=True,
+        do_sample=False, eos_token_id=None, pad_token_id=0, return_dict_in_generate=True, **options,
     )
     return batch * new_tokens / (time.perf_counter() - start), cache_bytes(out.cache)
 
 
+def bench_decoding(args) -> dict[str, dict]:
+    models = decoding_models(args.decode_preset)
+    vocab = next(iter(models.values()))[0].config.vocab_size
+    shapes = {"b1": (1, args.short), "b8": (8, args.long)}
+    # Warm-up, and the cache's size at batch 8 after the short run, to set against its size after the long one.
+    short_cache = {name: generation_rate(model, 8, args.short, vocab, options)[1] for name, (model, options) in models.items()}
+    runs = {name: {key: [] for key in shapes} for name in models}
+    for _ in range(args.repeats):
+        for key, (batch, new_tokens) in shapes.items():
+            for name, (model, options) in models.items():
+                runs[name][key].append(generation_rate(model, batch, new_tokens, vocab, options))
+    results = {}
+    for name in models:
+        row = results[name] = {"b8_short_cache_bytes": short_cache[name]}
+        for key in shapes:
+            row[f"{key}_tokens_per_s"] = statistics.median(rate for rate, _ in runs[name][key])
+            row[f"{key}_cache_bytes"] = runs[name][key][0][1]
+    default, static = results["HF Llama, default"], results["HF Llama, static cache"]
+    dims = next(iter(models.values()))[0].config
+    print(f"\n### Decoding: greedy `generate`, 32-token prompt, d {dims.hidden_size}, {dims.num_hidden_layers} layers, "
+          f"vocabulary {dims.vocab_size}, {torch.get_num_threads()} threads, medians of {args.repeats}\n")
+    print(f"| model | b1 x {args.short} tok/s | ×Llama | ×Llama static | b8 x {args.long} tok/s | ×Llama "
+          f"| ×Llama static | b8 cache after {args.short} | b8 cache after {args.long} |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, row in results.items():
+        print(
+            f"| {name} | {row['b1_tokens_per_s']:.0f} | {row['b1_tokens_per_s'] / default['b1_tokens_per_s']:.2f} "
+            f"| {row['b1_tokens_per_s'] / static['b1_tokens_per_s']:.2f} | {row['b8_tokens_per_s']:.0f} "
+            f"| {row['b8_tokens_per_s'] / default['b8_tokens_per_s']:.2f} "
+            f"| {row['b8_tokens_per_s'] / static['b8_tokens_per_s']:.2f} "
+            f"| {row['b8_short_cache_bytes']:,} B | {row['b8_cache_bytes']:,} B |"
+        )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
+    parser.add_argument("--preset", default="small", choices=["tiny", "small", "base"], help="training models")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8, help="timed training steps per model and precision")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--gen-tokens", type=int, default=64)
+    parser.add_argument("--skip-training", action="store_true", help="decoding only")
+    parser.add_argument("--decode-preset", default=None, choices=["tiny", "small", "base"],
+                        help="decoding models at a preset's dimensions instead of issue #13's")
+    parser.add_argument("--short", type=int, default=128, help="new tokens at batch 1")
+    parser.add_argument("--long", type=int, default=1024, help="new tokens at batch 8")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--long", type=int, default=2048, help="new tokens for the cache-size check")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="few steps, short generation: a smoke run")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.warmup, args.gen_tokens, args.repeats, args.long = 2, 1, 16, 1, 128
+        args.steps, args.warmup, args.short, args.long, args.repeats = 2, 1, 16, 32, 1
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    results: dict[str, dict] = {}
+    if not args.skip_training:
+        results["training"] = bench_training(args)
+    results["decoding"] = bench_decoding(args)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+def bench_training(args) -> dict[str, dict]:
     models = build_models(args.preset)
     vocab = next(iter(models.values())).config.vocab_size
     total_steps = args.warmup + args.steps
@@ -152,42 +232,19 @@ def main() -> None:
             row[f"train_{precision}_losses"] = losses
             print(f"{name:<26} {precision}: {row[f'train_{precision}_tokens_per_s']:8.0f} tokens/s "
                   f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
-    # Generation: every measurement runs `--repeats` times, the models taking turns, and the median is kept.
-    runs = {name: {"b1": [], "b8": [], "long": []} for name in models}
-    for name, model in models.items():
-        model.load_state_dict(initial[name])
-        generation_rate(model, 1, 4, vocab)  # warm-up
-    for _ in range(args.repeats):
-        for name, model in models.items():
-            runs[name]["b1"].append(generation_rate(model, 1, args.gen_tokens, vocab))
-            runs[name]["b8"].append(generation_rate(model, 8, args.gen_tokens, vocab))
-            runs[name]["long"].append(generation_rate(model, 1, args.long, vocab))
-    for name, row in results.items():
-        row["generate_b1_tokens_per_s"] = statistics.median(rate for rate, _ in runs[name]["b1"])
-        row["generate_b8_tokens_per_s"] = statistics.median(rate for rate, _ in runs[name]["b8"])
-        row["generate_long_tokens_per_s"] = statistics.median(rate for rate, _ in runs[name]["long"])
-        row["cache_bytes_short"], row["cache_bytes_long"] = runs[name]["b1"][0][1], runs[name]["long"][0][1]
-        print(f"{name:<26} generate b1 {row['generate_b1_tokens_per_s']:.0f}/s, b8 "
-              f"{row['generate_b8_tokens_per_s']:.0f}/s, b1 over {args.long}: {row['generate_long_tokens_per_s']:.0f}/s",
-              flush=True)
 
     reference = results["HF Llama (sdpa)"]
     ref_train = reference["train_fp32_tokens_per_s"]
-    print(f"\n### Throughput, `{args.preset}` presets, batch {args.batch} x {args.seq}, "
+    print(f"\n### Training throughput, `{args.preset}` presets, batch {args.batch} x {args.seq}, "
           f"{torch.get_num_threads()} threads, medians\n")
-    print("| model | params | train fp32 tok/s | ×Llama fp32 | train bf16 tok/s | ×Llama fp32 | ×Llama bf16 "
-          "| generate b1 tok/s | ×Llama | generate b8 tok/s | ×Llama |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | params | train fp32 tok/s | ×Llama fp32 | train bf16 tok/s | ×Llama fp32 | ×Llama bf16 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, row in results.items():
         print(
             f"| {name} | {row['parameters'] / 1e6:.1f}M "
             f"| {row['train_fp32_tokens_per_s']:.0f} | {row['train_fp32_tokens_per_s'] / ref_train:.2f} "
             f"| {row['train_bf16_tokens_per_s']:.0f} | {row['train_bf16_tokens_per_s'] / ref_train:.2f} "
-            f"| {row['train_bf16_tokens_per_s'] / reference['train_bf16_tokens_per_s']:.2f} "
-            f"| {row['generate_b1_tokens_per_s']:.0f} "
-            f"| {row['generate_b1_tokens_per_s'] / reference['generate_b1_tokens_per_s']:.2f} "
-            f"| {row['generate_b8_tokens_per_s']:.0f} "
-            f"| {row['generate_b8_tokens_per_s'] / reference['generate_b8_tokens_per_s']:.2f} |"
+            f"| {row['train_bf16_tokens_per_s'] / reference['train_bf16_tokens_per_s']:.2f} |"
         )
     print(f"\n### bf16 against fp32: loss after {total_steps} steps (same weights, same batches)\n")
     print("| model | fp32 loss | bf16 loss | largest gap over the run |")
@@ -195,17 +252,7 @@ def main() -> None:
     for name, row in results.items():
         gap = max(abs(a - b) for a, b in zip(row["train_fp32_losses"], row["train_bf16_losses"]))
         print(f"| {name} | {row['train_fp32_losses'][-1]:.3f} | {row['train_bf16_losses'][-1]:.3f} | {gap:.3f} |")
-    print(f"\n### Long generation, batch 1: {args.long} new tokens\n")
-    print(f"| model | tok/s over {args.long} | ×Llama | cache after {args.gen_tokens} tokens (bytes) "
-          f"| cache after {args.long} tokens (bytes) |")
-    print("|---|---:|---:|---:|---:|")
-    for name, row in results.items():
-        ratio = row["generate_long_tokens_per_s"] / reference["generate_long_tokens_per_s"]
-        print(f"| {name} | {row['generate_long_tokens_per_s']:.0f} | {ratio:.2f} | {row['cache_bytes_short']:,} "
-              f"| {row['cache_bytes_long']:,} |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
+    return results
 
 
 if __name__ == "__main__":
