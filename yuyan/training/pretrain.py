@@ -17,6 +17,7 @@ complete one; `--resume` continues from it exactly: weights, optimizer, schedule
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import os
@@ -30,8 +31,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import yaml
+import accelerate
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -342,6 +344,57 @@ def make_optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.opt
 # -------------------------------------------------------------------------------------------------------------
 
 
+def _failure(error: Exception | None) -> tuple[str, str] | None:
+    return None if error is None else (type(error).__name__, str(error))
+
+
+def raise_if_any_failed(accelerator: Accelerator, error: Exception | None) -> None:
+    """A collective step that replaces a barrier after work some processes do alone: every process says whether
+    its part failed, and if one did, all of them raise that error. Without it, a check that fails on the main
+    process leaves the others waiting at the next barrier (NCCL: until its timeout) or dying in a torch traceback.
+    The failing process re-raises its own exception; the others raise one of the same built-in type with the same
+    message (RuntimeError for other types), so `yuyan pretrain` prints the same line and exit status everywhere."""
+    from accelerate.utils import gather_object
+
+    failures = gather_object([_failure(error)]) if accelerator.num_processes > 1 else [_failure(error)]
+    first = next(((rank, failure) for rank, failure in enumerate(failures) if failure is not None), None)
+    if first is None:
+        return
+    if error is not None:
+        raise error
+    rank, (kind_name, message) = first
+    kind = getattr(builtins, kind_name, None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        raise kind(message)
+    raise RuntimeError(f"process {rank} failed with {kind_name}: {message}")
+
+
+def on_main_process(accelerator: Accelerator, function, *arguments):
+    """`function(*arguments)` on the main process only; None elsewhere. Every process raises its error, if any."""
+    result, error = None, None
+    if accelerator.is_main_process:
+        try:
+            result = function(*arguments)
+        except Exception as caught:
+            error = caught
+    raise_if_any_failed(accelerator, error)
+    return result
+
+
+def main_process_first(accelerator: Accelerator, function, *arguments):
+    """`function(*arguments)` on the main process, then (when it succeeded) on the others, e.g. to fill a cache
+    once; like `accelerator.main_process_first()`, except that an error on any process stops all of them."""
+    result = on_main_process(accelerator, function, *arguments)
+    error = None
+    if not accelerator.is_main_process:
+        try:
+            result = function(*arguments)
+        except Exception as caught:
+            error = caught
+    raise_if_any_failed(accelerator, error)
+    return result
+
+
 def prepare_output(output: Path, run_record: dict, args: PretrainArguments) -> Path | None:
     """Check the output folder before any work; return the checkpoint to resume from (or None)."""
     existing = output / RUN_FILE
@@ -388,12 +441,16 @@ def obtain_tokenizer(args: PretrainArguments, source: TextSource, vocab_size: in
             raise ValueError(f"--tokenizer {args.tokenizer}: not a tokenizer folder (no tokenizer_config.json).")
         return AutoTokenizer.from_pretrained(args.tokenizer)
     tokenizer_dir = output / "tokenizer"
-    if accelerator.is_main_process and not (tokenizer_dir / "tokenizer.json").exists():
+
+    def train() -> None:
+        if (tokenizer_dir / "tokenizer.json").exists():
+            return
         from yuyan.tokenization import train_tokenizer
 
         accelerator.print(f"Training a byte-level BPE tokenizer ({vocab_size} tokens) on {source.description} ...")
         train_tokenizer(texts=source.texts(), vocab_size=vocab_size, output_dir=tokenizer_dir, max_bytes=100_000_000)
-    accelerator.wait_for_everyone()
+
+    on_main_process(accelerator, train)
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
@@ -446,12 +503,24 @@ def pretrain(
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
     )
     is_main = accelerator.is_main_process
-    # The documents first: a missing column or an unreadable file is reported before the output is touched.
-    with accelerator.main_process_first():
-        documents = load_documents(source)
-        validation_documents = load_documents(validation_source) if validation_source is not None else None
-    resume_from = prepare_output(output, run_record, args) if is_main else None
-    accelerator.wait_for_everyone()
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and (
+        accelerator.distributed_type != DistributedType.FSDP
+    ):
+        # Accelerate promotes a launch to FSDP only when its processes run on GPUs (or other accelerators); on CPUs
+        # the same launch becomes plain DDP, with a whole model per process, which is not what was asked for.
+        raise ValueError(
+            f"an FSDP launch ended up as {accelerator.distributed_type.value}: Accelerate {accelerate.__version__} "
+            "runs FSDP only on GPUs (or other accelerators), not on CPU processes. On CPUs launch data-parallel "
+            "with configs/accelerate/cpu-2-processes.yaml instead."
+        )
+    # The documents first: a missing column or an unreadable file is reported before the output is touched. Work
+    # done by the main process alone (or first) goes through `on_main_process` / `main_process_first`, so that
+    # its error stops every process instead of leaving them at a barrier.
+    documents, validation_documents = main_process_first(
+        accelerator, lambda: (load_documents(source),
+                              load_documents(validation_source) if validation_source is not None else None)
+    )
+    resume_from = on_main_process(accelerator, prepare_output, output, run_record, args)
     if not is_main and args.resume:
         resume_from = checkpoint_dirs(output)[-1] if args.resume == "latest" else Path(args.resume)
     output.mkdir(parents=True, exist_ok=True)
@@ -462,13 +531,14 @@ def pretrain(
     tokenizer = obtain_tokenizer(args, source, probe.vocab_size, output, accelerator)
     config = build_model_config(model_values, tokenizer)
 
-    with accelerator.main_process_first():
-        if validation_documents is not None:
-            train_documents = documents
-        else:
-            train_documents, validation_documents = split_validation(documents, args.validation_fraction)
-        train_blocks = tokenize_and_pack(train_documents, tokenizer, args.block_size, args.num_proc)
-        validation_blocks = tokenize_and_pack(validation_documents, tokenizer, args.block_size, args.num_proc)
+    if validation_documents is not None:
+        train_documents = documents
+    else:
+        train_documents, validation_documents = split_validation(documents, args.validation_fraction)
+    train_blocks, validation_blocks = main_process_first(accelerator, lambda: (
+        tokenize_and_pack(train_documents, tokenizer, args.block_size, args.num_proc),
+        tokenize_and_pack(validation_documents, tokenizer, args.block_size, args.num_proc),
+    ))
     if not args.streaming:
         if len(train_blocks) == 0:
             raise ValueError(
@@ -537,17 +607,23 @@ def pretrain(
         root = output / CHECKPOINTS
         final = root / f"step-{state['step']:07d}"
         temporary = root / f".step-{state['step']:07d}.tmp"
-        if is_main:
-            shutil.rmtree(temporary, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(temporary))
-        if is_main:
+        on_main_process(accelerator, lambda: shutil.rmtree(temporary, ignore_errors=True))
+        error = None
+        try:
+            accelerator.save_state(str(temporary))
+        except Exception as caught:
+            error = caught
+        # Every process writes its own RNG state into the folder: it is complete only when all have finished.
+        raise_if_any_failed(accelerator, error)
+
+        def publish() -> None:
             write_json_atomic(temporary / STATE_FILE, state)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(temporary, final)  # the checkpoint appears whole or not at all
             for old in checkpoint_dirs(output)[: -args.save_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
+
+        on_main_process(accelerator, publish)
 
     progress = tqdm(total=total_steps, initial=state["step"], desc="Pretraining", disable=not is_main,
                     dynamic_ncols=True)
@@ -644,21 +720,22 @@ def pretrain(
         "validation_data": run_record["data"]["validation"],
     }
     accelerator.log({"eval/loss": final["loss"], "eval/perplexity": final["perplexity"]}, step=state["step"])
-    accelerator.wait_for_everyone()
-    if is_main:
-        save_final(accelerator.unwrap_model(model), tokenizer, output, metrics, run_record)
-    accelerator.wait_for_everyone()
+    # Every process takes part in collecting the weights (FSDP gathers its shards); the main process writes them.
+    weights = accelerator.get_state_dict(model)
+    on_main_process(accelerator, save_final, accelerator.unwrap_model(model), tokenizer, output, metrics, run_record,
+                    weights)
     accelerator.end_training()
     return metrics
 
 
-def save_final(model, tokenizer, output: Path, metrics: dict, run_record: dict) -> None:
+def save_final(model, tokenizer, output: Path, metrics: dict, run_record: dict, state_dict: dict | None = None) -> None:
     """Model, tokenizer, metrics and card into the output folder: written beside it first, then moved in file by
-    file with `os.replace`, so each file appears whole."""
+    file with `os.replace`, so each file appears whole. `state_dict`: the full weights, when the model holds only
+    a shard of them (FSDP)."""
     staging = output / ".final.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(staging)
+    model.save_pretrained(staging, state_dict=state_dict)
     tokenizer.save_pretrained(staging)
     write_json_atomic(staging / "metrics.json", metrics)
     from yuyan.cards import write_model_card
