@@ -17,7 +17,6 @@ complete one; `--resume` continues from it exactly: weights, optimizer, schedule
 
 from __future__ import annotations
 
-import builtins
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from tqdm.auto import tqdm
 
 from yuyan.modeling import PRESETS, YuyanConfig, YuyanForCausalLM
 from yuyan.training.data import TextSource, load_documents, split_validation, tokenize_and_pack
+from yuyan.training.distributed import main_process_first, on_main_process, raise_if_any_failed
 
 RUN_FILE = "run.json"
 STATE_FILE = "trainer_state.json"
@@ -342,57 +342,6 @@ def make_optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.opt
 # -------------------------------------------------------------------------------------------------------------
 # The run
 # -------------------------------------------------------------------------------------------------------------
-
-
-def _failure(error: Exception | None) -> tuple[str, str] | None:
-    return None if error is None else (type(error).__name__, str(error))
-
-
-def raise_if_any_failed(accelerator: Accelerator, error: Exception | None) -> None:
-    """A collective step that replaces a barrier after work some processes do alone: every process says whether
-    its part failed, and if one did, all of them raise that error. Without it, a check that fails on the main
-    process leaves the others waiting at the next barrier (NCCL: until its timeout) or dying in a torch traceback.
-    The failing process re-raises its own exception; the others raise one of the same built-in type with the same
-    message (RuntimeError for other types), so `yuyan pretrain` prints the same line and exit status everywhere."""
-    from accelerate.utils import gather_object
-
-    failures = gather_object([_failure(error)]) if accelerator.num_processes > 1 else [_failure(error)]
-    first = next(((rank, failure) for rank, failure in enumerate(failures) if failure is not None), None)
-    if first is None:
-        return
-    if error is not None:
-        raise error
-    rank, (kind_name, message) = first
-    kind = getattr(builtins, kind_name, None)
-    if isinstance(kind, type) and issubclass(kind, Exception):
-        raise kind(message)
-    raise RuntimeError(f"process {rank} failed with {kind_name}: {message}")
-
-
-def on_main_process(accelerator: Accelerator, function, *arguments):
-    """`function(*arguments)` on the main process only; None elsewhere. Every process raises its error, if any."""
-    result, error = None, None
-    if accelerator.is_main_process:
-        try:
-            result = function(*arguments)
-        except Exception as caught:
-            error = caught
-    raise_if_any_failed(accelerator, error)
-    return result
-
-
-def main_process_first(accelerator: Accelerator, function, *arguments):
-    """`function(*arguments)` on the main process, then (when it succeeded) on the others, e.g. to fill a cache
-    once; like `accelerator.main_process_first()`, except that an error on any process stops all of them."""
-    result = on_main_process(accelerator, function, *arguments)
-    error = None
-    if not accelerator.is_main_process:
-        try:
-            result = function(*arguments)
-        except Exception as caught:
-            error = caught
-    raise_if_any_failed(accelerator, error)
-    return result
 
 
 def prepare_output(output: Path, run_record: dict, args: PretrainArguments) -> Path | None:
