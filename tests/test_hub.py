@@ -28,7 +28,7 @@ from transformers import AutoTokenizer
 
 import yuyan  # noqa: F401
 from yuyan import YuyanForCausalLM
-from yuyan.hub import EXCLUDED_PATTERNS, add_push_command, files_to_upload, missing_model_files, public_text
+from yuyan.hub import EXCLUDED_PATTERNS, add_push_command, files_to_upload, missing_model_files, public_file_bytes, public_text
 
 from test_cards import build_model_folder, pretrain_tiny, train_tiny_tokenizer
 
@@ -317,6 +317,23 @@ def test_local_paths_in_text_are_reduced(tmp_path):
         "Trained on [this file](x.txt) (see https://huggingface.co/docs/hub and a.md); 3 tok/s")
     for unchanged in ("every 50th document of the training data", "N/A", "a / b", "org/name", "./runs/x"):
         assert public_text(unchanged, folder) == unchanged
+
+
+def test_only_run_records_are_rewritten(tmp_path):
+    folder = tmp_path / "model"
+    (folder / "adapter").mkdir(parents=True)
+    base = str(tmp_path / "bases" / "tiny-base")
+    (folder / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "r": 4}))
+    (folder / "metrics.json").write_text(json.dumps({"dataset": "/srv/ana/train.jsonl", "steps": 3}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "yuyan", "hidden_size": 32}))
+    vocabulary = json.dumps({"model": {"vocab": {"/usr": 0, "/": 1}, "merges": [["/", "usr"]]}})
+    (folder / "tokenizer.json").write_text(vocabulary)
+    adapter = json.loads(public_file_bytes(folder, "adapter/adapter_config.json"))
+    assert adapter == {"base_model_name_or_path": "tiny-base", "r": 4}
+    assert json.loads(public_file_bytes(folder, "metrics.json")) == {"dataset": "train.jsonl", "steps": 3}
+    assert public_file_bytes(folder, "config.json") is None, "a record without paths is uploaded as it is"
+    assert public_file_bytes(folder, "tokenizer.json") is None, "tokens that look like paths are vocabulary"
+    assert json.loads((folder / "metrics.json").read_text())["dataset"] == "/srv/ana/train.jsonl"
 
 
 @pytest.mark.xfail(strict=True, reason=(
