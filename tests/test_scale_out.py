@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_pretrain import TINY, corpus, data_flags  # noqa: F401  (corpus is a fixture)
+from test_pretrain import TINY, corpus, data_flags, free_port  # noqa: F401  (corpus is a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
@@ -25,12 +24,6 @@ TIMEOUT = 180  # a run that reaches a barrier nobody else reaches would wait for
 def environment(**extra: str) -> dict[str, str]:
     return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
                 TOKENIZERS_PARALLELISM="false", **extra)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_ranks(args: list[str], cwd: Path) -> list[subprocess.CompletedProcess]:
@@ -58,8 +51,10 @@ def run_ranks(args: list[str], cwd: Path) -> list[subprocess.CompletedProcess]:
 
 
 def launch(config: Path, script: list[str], *flags: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *flags,
-                           *script], env=environment(), cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
+    # A free port, not Accelerate's default 29500: another job on the machine may be using that one.
+    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                           "--main_process_port", str(free_port()), *flags, *script],
+                          env=environment(), cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -138,13 +133,14 @@ TRAINER_SCRIPT = textwrap.dedent('''
         num_attention_heads=4, num_key_value_heads=2, intermediate_size=48, max_position_embeddings=32))
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}))
     result = trainer.train()
-    print("RESULT " + json.dumps({"rank": args.process_index, "world_size": args.world_size,
-                                  "loss": result.training_loss}), flush=True)
+    # A file per process: lines printed by two processes into one pipe can interleave.
+    with open(f"{args.output_dir}/result-{args.process_index}.json", "w") as file:
+        json.dump({"rank": args.process_index, "world_size": args.world_size, "loss": result.training_loss}, file)
 ''')
 
 
-def trainer_results(output: str) -> list[dict]:
-    return [json.loads(line.split("RESULT ", 1)[1]) for line in output.splitlines() if "RESULT " in line]
+def trainer_results(output_dir: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(output_dir.glob("result-*.json"))]
 
 
 def test_trainer_scripts_run_data_parallel_on_cpus_with_use_cpu(tmp_path):
@@ -152,19 +148,20 @@ def test_trainer_scripts_run_data_parallel_on_cpus_with_use_cpu(tmp_path):
     script.write_text(TRAINER_SCRIPT)
     # --logging_steps 1: the Trainer averages the loss across processes when it logs; the steps not logged yet
     # enter `training_loss` with the local process's loss only.
-    common = ["--output_dir", str(tmp_path / "out"), "--max_steps", "4", "--report_to", "none", "--save_strategy",
-              "no", "--seed", "0", "--logging_steps", "1"]
+    def common(name: str) -> list[str]:
+        return ["--output_dir", str(tmp_path / name), "--max_steps", "4", "--report_to", "none", "--save_strategy",
+                "no", "--seed", "0", "--logging_steps", "1"]
 
-    single = subprocess.run([sys.executable, str(script), *common, "--per_device_train_batch_size", "8"],
+    single = subprocess.run([sys.executable, str(script), *common("single"), "--per_device_train_batch_size", "8"],
                             env=environment(), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert single.returncode == 0, single.stderr[-3000:]
-    (reference,) = trainer_results(single.stdout)
+    (reference,) = trainer_results(tmp_path / "single")
 
     # Two processes, each told to use the CPU: one gloo group, half the batch each.
-    ddp = launch(ACCELERATE_CONFIGS / "cpu-2-processes.yaml", [str(script), *common, "--use_cpu",
+    ddp = launch(ACCELERATE_CONFIGS / "cpu-2-processes.yaml", [str(script), *common("ddp"), "--use_cpu",
                  "--per_device_train_batch_size", "4"], cwd=tmp_path)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    results = trainer_results(ddp.stdout)
+    results = trainer_results(tmp_path / "ddp")
     assert sorted(r["rank"] for r in results) == [0, 1] and {r["world_size"] for r in results} == {2}
     # The same 8 sequences a step, averaged across the processes instead of inside one batch: float rounding only.
     for result in results:
@@ -172,7 +169,7 @@ def test_trainer_scripts_run_data_parallel_on_cpus_with_use_cpu(tmp_path):
 
     # `--cpu` on the launcher starts a single process, whatever --num_processes says.
     one = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                          str(script), *common, "--per_device_train_batch_size", "4"],
+                          str(script), *common("one"), "--per_device_train_batch_size", "4"],
                          env=environment(), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert one.returncode == 0, one.stderr[-3000:]
-    assert [(r["rank"], r["world_size"]) for r in trainer_results(one.stdout)] == [(0, 1)]
+    assert [(r["rank"], r["world_size"]) for r in trainer_results(tmp_path / "one")] == [(0, 1)]

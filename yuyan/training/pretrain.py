@@ -469,12 +469,17 @@ def pretrain(
         accelerator, lambda: (load_documents(source),
                               load_documents(validation_source) if validation_source is not None else None)
     )
-    resume_from = on_main_process(accelerator, prepare_output, output, run_record, args)
+    def start_output() -> Path | None:
+        checkpoint = prepare_output(output, run_record, args)
+        output.mkdir(parents=True, exist_ok=True)
+        if not checkpoint:
+            write_json_atomic(output / RUN_FILE, run_record)
+        return checkpoint
+
+    resume_from = on_main_process(accelerator, start_output)
     if not is_main and args.resume:
         resume_from = checkpoint_dirs(output)[-1] if args.resume == "latest" else Path(args.resume)
     output.mkdir(parents=True, exist_ok=True)
-    if is_main and not resume_from:
-        write_json_atomic(output / RUN_FILE, run_record)
 
     # Tokenizer (trained on the data when none is given), then the data pipeline.
     tokenizer = obtain_tokenizer(args, source, probe.vocab_size, output, accelerator)
