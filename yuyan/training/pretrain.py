@@ -469,6 +469,7 @@ def pretrain(
         accelerator, lambda: (load_documents(source),
                               load_documents(validation_source) if validation_source is not None else None)
     )
+
     def start_output() -> Path | None:
         checkpoint = prepare_output(output, run_record, args)
         output.mkdir(parents=True, exist_ok=True)
