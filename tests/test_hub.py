@@ -28,7 +28,7 @@ from transformers import AutoTokenizer
 
 import yuyan  # noqa: F401
 from yuyan import YuyanForCausalLM
-from yuyan.hub import EXCLUDED_PATTERNS, add_push_command, files_to_upload, missing_model_files
+from yuyan.hub import EXCLUDED_PATTERNS, add_push_command, files_to_upload, missing_model_files, public_file_bytes, public_text
 
 from test_cards import build_model_folder, pretrain_tiny, train_tiny_tokenizer
 
@@ -266,6 +266,74 @@ def test_push_to_a_new_branch_creates_it_and_leaves_main(round_trip):
     branches = round_trip["branches"]
     assert branches["main"] == round_trip["sha2"] and branches["experiment"] == round_trip["sha3"]
     assert "(experiment)" in round_trip["printed3"]
+
+
+def test_no_local_path_reaches_the_hub(hub, round_trip, tmp_path_factory):
+    """metrics.json and run.json record the data files, the tokenizer and output folders: every file the server
+    holds, at every pushed revision, must be free of this machine's paths, while the local records keep them."""
+    folder = round_trip["folder"]
+    local_run = json.loads((folder / "run.json").read_text())
+    data_file = local_run["training"]["data"][0]
+    assert os.path.isabs(data_file) and os.path.isabs(local_run["training"]["output"]), "the local record changed"
+    assert local_run["training"]["tokenizer"] and os.path.isabs(local_run["training"]["tokenizer"])
+    private = {str(tmp_path_factory.getbasetemp().resolve()), str(tmp_path_factory.getbasetemp()),
+               str(Path.home()), str(Path(__file__).resolve().parents[1]), str(Path(data_file).parent)}
+    scanned = 0
+    for revision in ("main", "experiment", round_trip["sha1"]):
+        for name in hub.files(REPO, revision):
+            with urllib.request.urlopen(f"{hub.url}/{REPO}/resolve/{revision}/{name}", timeout=30) as response:
+                data = response.read()
+            scanned += 1
+            for path in private:
+                assert path.encode() not in data, f"{name}@{revision} holds the local path {path}"
+    assert scanned >= 3 * 10
+    with urllib.request.urlopen(f"{hub.url}/{REPO}/resolve/main/run.json", timeout=30) as response:
+        public_run = json.load(response)
+    with urllib.request.urlopen(f"{hub.url}/{REPO}/resolve/main/metrics.json", timeout=30) as response:
+        public_metrics = json.load(response)
+    # Reduced to file names, or relative to the model folder; everything else as recorded.
+    assert public_run["training"]["data"] == [Path(data_file).name]
+    # (the folder pushed is a copy of the run's output folder, so that one is outside it: its name)
+    assert public_run["training"]["output"] == Path(local_run["training"]["output"]).name == "run"
+    assert public_run["data"]["tokenizer"] == Path(local_run["data"]["tokenizer"]).name
+    assert public_run["model"] == local_run["model"]
+    assert public_metrics["train_data"] == Path(data_file).name
+    assert public_metrics["loss_history"] == json.loads((folder / "metrics.json").read_text())["loss_history"]
+    # The card is rendered without local paths in the first place, not only cleaned on the way out.
+    card = (folder / "README.md").read_text()
+    assert not [path for path in private if path in card]
+
+
+def test_local_paths_in_text_are_reduced(tmp_path):
+    folder = tmp_path / "model"
+    assert public_text("/home/ana/corpus/train.txt, /home/ana/corpus/more.txt", folder) == "train.txt, more.txt"
+    assert public_text(str(folder / "checkpoints" / "step-2"), folder) == "checkpoints/step-2"
+    assert public_text(str(folder), folder) == "."
+    assert public_text("/home/Ana Lima/my data/train.jsonl", folder) == "train.jsonl"
+    assert public_text(r"C:\Users\ana\data\valid.csv", folder) == "valid.csv"
+    assert public_text("/data/wiki [train]", folder) == "wiki [train]"
+    prose = "Trained on [this file](/srv/ana/x.txt) (see https://huggingface.co/docs/hub and ~/notes/a.md); 3 tok/s"
+    assert public_text(prose, folder) == (
+        "Trained on [this file](x.txt) (see https://huggingface.co/docs/hub and a.md); 3 tok/s")
+    for unchanged in ("every 50th document of the training data", "N/A", "a / b", "org/name", "./runs/x"):
+        assert public_text(unchanged, folder) == unchanged
+
+
+def test_only_run_records_are_rewritten(tmp_path):
+    folder = tmp_path / "model"
+    (folder / "adapter").mkdir(parents=True)
+    base = str(tmp_path / "bases" / "tiny-base")
+    (folder / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "r": 4}))
+    (folder / "metrics.json").write_text(json.dumps({"dataset": "/srv/ana/train.jsonl", "steps": 3}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "yuyan", "hidden_size": 32}))
+    vocabulary = json.dumps({"model": {"vocab": {"/usr": 0, "/": 1}, "merges": [["/", "usr"]]}})
+    (folder / "tokenizer.json").write_text(vocabulary)
+    adapter = json.loads(public_file_bytes(folder, "adapter/adapter_config.json"))
+    assert adapter == {"base_model_name_or_path": "tiny-base", "r": 4}
+    assert json.loads(public_file_bytes(folder, "metrics.json")) == {"dataset": "train.jsonl", "steps": 3}
+    assert public_file_bytes(folder, "config.json") is None, "a record without paths is uploaded as it is"
+    assert public_file_bytes(folder, "tokenizer.json") is None, "tokens that look like paths are vocabulary"
+    assert json.loads((folder / "metrics.json").read_text())["dataset"] == "/srv/ana/train.jsonl"
 
 
 def test_autotokenizer_without_trust_remote_code(round_trip):

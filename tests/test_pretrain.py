@@ -58,6 +58,15 @@ def data_flags(corpus) -> list[str]:
             "--tokenizer", str(corpus["tokenizer"])]
 
 
+def free_port() -> int:
+    """A port no other job on the machine listens on (Accelerate's default, 29500, may be taken by one)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     return subprocess.run([sys.executable, "-m", "yuyan.cli", *args], env=env, capture_output=True, text=True,
@@ -275,7 +284,8 @@ def test_two_processes_follow_one_process_with_twice_the_batch(tmp_path, corpus)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     launch = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-         str(REPO / "configs" / "accelerate" / "cpu-2-processes.yaml"), "-m", "yuyan.cli", "pretrain", *common,
+         str(REPO / "configs" / "accelerate" / "cpu-2-processes.yaml"), "--main_process_port", str(free_port()),
+         "-m", "yuyan.cli", "pretrain", *common,
          "--batch-size", "2", "--output", str(tmp_path / "two")],
         env=env, capture_output=True, text=True, timeout=600,
     )

@@ -25,7 +25,7 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from yuyan.cards import card_repo_id, read_run_files, render_card_for_folder, write_model_card
@@ -55,6 +55,14 @@ EXCLUDED_PATTERNS = (
 )
 # Weights on the Hub that the folder no longer has (a re-sharded model) are deleted by the same commit.
 STALE_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+# Records of where a run happened (data files, the output and tokenizer folders, a local base model): uploaded
+# with local paths reduced (see `public_text`); the folder's own files are left as they are. Matched by file name,
+# in any subfolder (a merged LoRA run keeps its adapter in adapter/). Tokenizer vocabularies are not rewritten:
+# a token may look like a path.
+PUBLIC_RECORDS = frozenset({
+    "metrics.json", "run.json", "README.md", "config.json", "generation_config.json", "tokenizer_config.json",
+    "adapter_config.json", "trainer_state.json",
+})
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -164,6 +172,76 @@ def files_to_upload(folder: str | Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# What leaves the machine: no local paths
+# ---------------------------------------------------------------------------------------------------------------
+
+# An absolute local path inside text: /..., ~/... or C:\... (C:/...), not inside a word, a relative path or a
+# URL (https://...), up to whitespace or punctuation that ends a path in prose, lists and Markdown.
+_LOCAL_PATH = re.compile(r"(?<![\w.:/~\\-])(?:~?/|[A-Za-z]:[\\/])(?![/\\])[^\s,;'\"`()<>\[\]{}|]+")
+_WHOLE_LOCAL_PATH = re.compile(r"(?:~?/|[A-Za-z]:[\\/])\S.*", re.DOTALL)
+
+
+def public_path(path: str, folder: str | Path) -> str:
+    """A local path as it may be published: relative to `folder` (the model folder) when inside it, otherwise
+    its last component (the file or folder name)."""
+    windows = re.match(r"[A-Za-z]:[\\/]", path) is not None
+    if not windows:
+        try:
+            inside = Path(os.path.expanduser(path)).resolve().relative_to(Path(folder).resolve())
+            return inside.as_posix()
+        except (ValueError, OSError, RuntimeError):
+            pass
+    name = (PureWindowsPath(path) if windows else PurePosixPath(path)).name
+    return name or "."
+
+
+def public_text(text: str, folder: str | Path) -> str:
+    """`text` with every absolute local path reduced by `public_path`. A string that is one whole path (it may
+    hold spaces) is reduced as a whole, as is each item of a ", "-separated list of paths (how a run describes
+    several data files)."""
+    parts = text.split(", ")
+    if all(_WHOLE_LOCAL_PATH.fullmatch(part) and "\n" not in part for part in parts):
+        return ", ".join(public_path(part, folder) for part in parts)
+    return _LOCAL_PATH.sub(lambda match: public_path(match.group(0), folder), text)
+
+
+def _public_json(value: Any, folder: Path) -> Any:
+    if isinstance(value, str):
+        return public_text(value, folder)
+    if isinstance(value, list):
+        return [_public_json(item, folder) for item in value]
+    if isinstance(value, dict):
+        return {public_text(key, folder): _public_json(item, folder) for key, item in value.items()}
+    return value
+
+
+def public_file_bytes(folder: str | Path, name: str) -> bytes | None:
+    """The bytes to upload for folder/name when they differ from the file's (a run record holding local paths);
+    None when the file goes up as it is."""
+    folder = Path(folder)
+    if PurePosixPath(name).name not in PUBLIC_RECORDS:
+        return None
+    raw = (folder / name).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if name.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            public = public_text(text, folder)
+        else:
+            cleaned = _public_json(data, folder)
+            if cleaned == data:
+                return None
+            public = json.dumps(cleaned, indent=2, ensure_ascii=False) + "\n"
+    else:
+        public = public_text(text, folder)
+    return None if public == text else public.encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Pushing
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -222,20 +300,31 @@ def push_model(
     if constants.is_offline_mode():
         raise ValueError("HF_HUB_OFFLINE is set: pushing needs the network (unset HF_HUB_OFFLINE)")
 
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+    from huggingface_hub.utils import filter_repo_objects
+
+    # One commit of explicit operations rather than `upload_folder`: the run records go up as rewritten bytes.
+    names = files_to_upload(folder)
+    additions = []
+    for name in names:
+        public = public_file_bytes(folder, name)
+        additions.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=folder / name if public is None
+                                            else public))
     api = HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, token=token)
     branch = revision or constants.DEFAULT_REVISION
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if branch != constants.DEFAULT_REVISION:
             api.create_branch(repo_id, branch=branch, exist_ok=True, repo_type="model")
-        return api.upload_folder(
+        remote = api.list_repo_files(repo_id, revision=branch, repo_type="model")
+        stale = [name for name in filter_repo_objects(remote, allow_patterns=list(STALE_WEIGHT_PATTERNS))
+                 if name not in set(names)]
+        return api.create_commit(
             repo_id=repo_id,
-            folder_path=folder,
             repo_type="model",
             revision=branch,
+            operations=[*(CommitOperationDelete(path_in_repo=name) for name in stale), *additions],
             commit_message=commit_message or f"Upload Yuyan model {folder.resolve().name}",
-            ignore_patterns=list(EXCLUDED_PATTERNS),
-            delete_patterns=list(STALE_WEIGHT_PATTERNS),
         )
     except HfHubHTTPError as error:
         status = getattr(getattr(error, "response", None), "status_code", None)
@@ -319,6 +408,9 @@ __all__ = [
     "check_model_folder",
     "files_to_upload",
     "missing_model_files",
+    "public_file_bytes",
+    "public_path",
+    "public_text",
     "push_model",
     "update_card_for_repo",
     "validate_repo_id",

@@ -593,31 +593,38 @@ def finetune(
             "base_model_path": model_path,
         }
 
-    output.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".finetune-", dir=output))
-    try:
-        from yuyan.tokenization import save_tokenizer
+    def write_output() -> None:
+        output.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".finetune-", dir=output))
+        try:
+            from yuyan.tokenization import save_tokenizer
 
-        if lora_args.lora:
-            adapter_dir = staging / ADAPTER_DIR if lora_args.merge else staging
-            adapter_dir.mkdir(exist_ok=True)
-            trained.save_pretrained(str(adapter_dir), save_embedding_layers=False)
-            save_tokenizer(tokenizer_obj, adapter_dir, overwrite=True)
-            if lora_args.merge:
-                _write_json(adapter_dir / RUN_FILE, run)
-                merged = trained.merge_and_unload()
-                merged.save_pretrained(str(staging))
+            if lora_args.lora:
+                adapter_dir = staging / ADAPTER_DIR if lora_args.merge else staging
+                adapter_dir.mkdir(exist_ok=True)
+                trained.save_pretrained(str(adapter_dir), save_embedding_layers=False)
+                save_tokenizer(tokenizer_obj, adapter_dir, overwrite=True)
+                if lora_args.merge:
+                    _write_json(adapter_dir / RUN_FILE, run)
+                    merged = trained.merge_and_unload()
+                    merged.save_pretrained(str(staging))
+                    save_tokenizer(tokenizer_obj, staging, overwrite=True)
+            else:
+                trained.save_pretrained(str(staging))
                 save_tokenizer(tokenizer_obj, staging, overwrite=True)
-        else:
-            trained.save_pretrained(str(staging))
-            save_tokenizer(tokenizer_obj, staging, overwrite=True)
-        _write_json(staging / RUN_FILE, run)
-        _write_json(staging / METRICS_FILE, metrics)
-        _move_into(staging, output, last=(METRICS_FILE,))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    write_card(output, metrics, run)
+            _write_json(staging / RUN_FILE, run)
+            _write_json(staging / METRICS_FILE, metrics)
+            _move_into(staging, output, last=(METRICS_FILE,))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        write_card(output, metrics, run)
+
+    # Launched as several processes, each holds the same trained model: the main one writes the folder (several
+    # writers would replace each other's files while the card is rendered), and an error there stops them all.
+    from yuyan.training.distributed import on_main_process
+
+    on_main_process(trainer.accelerator, write_output)
     return metrics
 
 

@@ -30,13 +30,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import yaml
+import accelerate
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from yuyan.modeling import PRESETS, YuyanConfig, YuyanForCausalLM
 from yuyan.training.data import TextSource, load_documents, split_validation, tokenize_and_pack
+from yuyan.training.distributed import main_process_first, on_main_process, raise_if_any_failed
 
 RUN_FILE = "run.json"
 STATE_FILE = "trainer_state.json"
@@ -496,12 +498,16 @@ def obtain_tokenizer(args: PretrainArguments, source: TextSource, vocab_size: in
             raise ValueError(f"--tokenizer {args.tokenizer}: not a tokenizer folder (no tokenizer_config.json).")
         return AutoTokenizer.from_pretrained(args.tokenizer)
     tokenizer_dir = output / "tokenizer"
-    if accelerator.is_main_process and not (tokenizer_dir / "tokenizer.json").exists():
+
+    def train() -> None:
+        if (tokenizer_dir / "tokenizer.json").exists():
+            return
         from yuyan.tokenization import train_tokenizer
 
         accelerator.print(f"Training a byte-level BPE tokenizer ({vocab_size} tokens) on {source.description} ...")
         train_tokenizer(texts=source.texts(), vocab_size=vocab_size, output_dir=tokenizer_dir, max_bytes=100_000_000)
-    accelerator.wait_for_everyone()
+
+    on_main_process(accelerator, train)
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
@@ -561,29 +567,48 @@ def pretrain(
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
     )
     is_main = accelerator.is_main_process
-    # The documents first: a missing column or an unreadable file is reported before the output is touched.
-    with accelerator.main_process_first():
-        documents = load_documents(source)
-        validation_documents = load_documents(validation_source) if validation_source is not None else None
-    resume_from = prepare_output(output, run_record, args) if is_main else None
-    accelerator.wait_for_everyone()
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and (
+        accelerator.distributed_type != DistributedType.FSDP
+    ):
+        # Accelerate promotes a launch to FSDP only when its processes run on GPUs (or other accelerators); on CPUs
+        # the same launch becomes plain DDP, with a whole model per process, which is not what was asked for.
+        raise ValueError(
+            f"an FSDP launch ended up as {accelerator.distributed_type.value}: Accelerate {accelerate.__version__} "
+            "runs FSDP only on GPUs (or other accelerators), not on CPU processes. On CPUs launch data-parallel "
+            "with configs/accelerate/cpu-2-processes.yaml instead."
+        )
+    # The documents first: a missing column or an unreadable file is reported before the output is touched. Work
+    # done by the main process alone (or first) goes through `on_main_process` / `main_process_first`, so that
+    # its error stops every process instead of leaving them at a barrier.
+    documents, validation_documents = main_process_first(
+        accelerator, lambda: (load_documents(source),
+                              load_documents(validation_source) if validation_source is not None else None)
+    )
+
+    def start_output() -> Path | None:
+        checkpoint = prepare_output(output, run_record, args)
+        output.mkdir(parents=True, exist_ok=True)
+        if not checkpoint:
+            write_json_atomic(output / RUN_FILE, run_record)
+        return checkpoint
+
+    resume_from = on_main_process(accelerator, start_output)
     if not is_main and args.resume:
         resume_from = checkpoint_dirs(output)[-1] if args.resume == "latest" else Path(args.resume)
     output.mkdir(parents=True, exist_ok=True)
-    if is_main and not resume_from:
-        write_json_atomic(output / RUN_FILE, run_record)
 
     # Tokenizer (trained on the data when none is given), then the data pipeline.
     tokenizer = obtain_tokenizer(args, source, probe.vocab_size, output, accelerator)
     config = build_model_config(model_values, tokenizer)
 
-    with accelerator.main_process_first():
-        if validation_documents is not None:
-            train_documents = documents
-        else:
-            train_documents, validation_documents = split_validation(documents, args.validation_fraction)
-        train_blocks = tokenize_and_pack(train_documents, tokenizer, args.block_size, args.num_proc)
-        validation_blocks = tokenize_and_pack(validation_documents, tokenizer, args.block_size, args.num_proc)
+    if validation_documents is not None:
+        train_documents = documents
+    else:
+        train_documents, validation_documents = split_validation(documents, args.validation_fraction)
+    train_blocks, validation_blocks = main_process_first(accelerator, lambda: (
+        tokenize_and_pack(train_documents, tokenizer, args.block_size, args.num_proc),
+        tokenize_and_pack(validation_documents, tokenizer, args.block_size, args.num_proc),
+    ))
     if not args.streaming:
         if len(train_blocks) == 0:
             raise ValueError(
@@ -663,17 +688,23 @@ def pretrain(
         root = output / CHECKPOINTS
         final = root / f"step-{state['step']:07d}"
         temporary = root / f".step-{state['step']:07d}.tmp"
-        if is_main:
-            shutil.rmtree(temporary, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(temporary))
-        if is_main:
+        on_main_process(accelerator, lambda: shutil.rmtree(temporary, ignore_errors=True))
+        error = None
+        try:
+            accelerator.save_state(str(temporary))
+        except Exception as caught:
+            error = caught
+        # Every process writes its own RNG state into the folder: it is complete only when all have finished.
+        raise_if_any_failed(accelerator, error)
+
+        def publish() -> None:
             write_json_atomic(temporary / STATE_FILE, state)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(temporary, final)  # the checkpoint appears whole or not at all
             for old in checkpoint_dirs(output)[: -args.save_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
+
+        on_main_process(accelerator, publish)
 
     def planned_total() -> float:
         total = state["schedule"]["total_steps"]
@@ -828,21 +859,22 @@ def pretrain(
         "validation_data": run_record["data"]["validation"],
     }
     accelerator.log({"eval/loss": final["loss"], "eval/perplexity": final["perplexity"]}, step=state["step"])
-    accelerator.wait_for_everyone()
-    if is_main:
-        save_final(accelerator.unwrap_model(model), tokenizer, output, metrics, run_record)
-    accelerator.wait_for_everyone()
+    # Every process takes part in collecting the weights (FSDP gathers its shards); the main process writes them.
+    weights = accelerator.get_state_dict(model)
+    on_main_process(accelerator, save_final, accelerator.unwrap_model(model), tokenizer, output, metrics, run_record,
+                    weights)
     accelerator.end_training()
     return metrics
 
 
-def save_final(model, tokenizer, output: Path, metrics: dict, run_record: dict) -> None:
+def save_final(model, tokenizer, output: Path, metrics: dict, run_record: dict, state_dict: dict | None = None) -> None:
     """Model, tokenizer, metrics and card into the output folder: written beside it first, then moved in file by
-    file with `os.replace`, so each file appears whole."""
+    file with `os.replace`, so each file appears whole. `state_dict`: the full weights, when the model holds only
+    a shard of them (FSDP)."""
     staging = output / ".final.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(staging)
+    model.save_pretrained(staging, state_dict=state_dict)
     tokenizer.save_pretrained(staging)
     write_json_atomic(staging / "metrics.json", metrics)
     from yuyan.cards import write_model_card
