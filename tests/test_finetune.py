@@ -419,7 +419,10 @@ def test_command_line_run_and_error_exit(tmp_path, base_model, monkeypatch, caps
     code = cli.main(common + ["--label-column", "polarity"])
     assert code == 2 and "yuyan finetune: error:" in capsys.readouterr().err
 
-    code = cli.main(common + ["--class-names", "negative", "positive", "--num_train_epochs", "3",
+    test_rows = _sentiment_rows(40, 2)
+    test = tmp_path / "test.tsv"
+    test.write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in test_rows))
+    code = cli.main(common + ["--test", str(test), "--class-names", "negative", "positive", "--num_train_epochs", "3",
                               "--learning-rate", "3e-3", "--per_device_train_batch_size", "16", "--disable_tqdm",
                               "true", "--save_strategy", "no"])
     assert code == 0
@@ -430,6 +433,11 @@ def test_command_line_run_and_error_exit(tmp_path, base_model, monkeypatch, caps
     assert set(metrics) >= {"task", "base_model", "metrics", "dataset", "validation_data", "train_seconds",
                             "parameters", "layer_types", "device", "hardware"}
     assert metrics["task"] == "text-classification" and metrics["layer_types"] == ["lstm", "full_attention"]
+    # --test: scored once after training, apart from the validation (selection) metrics.
+    assert metrics["test_data"] == str(test) and set(metrics["test_metrics"]) >= {"accuracy", "macro_f1", "loss"}
+    assert metrics["test_metrics"]["accuracy"] >= 90.0
+    assert metrics["test_metrics"]["loss"] != metrics["metrics"]["loss"]
+    assert "(test: " in capsys.readouterr().out
     run = json.loads((out / "run.json").read_text())
     assert run["training"]["learning_rate"] == 3e-3 and run["training"]["num_train_epochs"] == 3
     assert run["lora"] is None and run["data"]["labels"] == ["negative", "positive"]
