@@ -128,6 +128,27 @@ def test_shared_xquad_and_sst2_load():
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_classifier_reads_each_rows_last_real_token_with_either_padding(base_model, side):
+    """The batch a collator pads (right by default, left if the tokenizer says so) classifies every row as the row
+    alone: pooling takes the last non-pad token, and the LSTM layer never reads padding into its state."""
+    from transformers import AutoTokenizer
+
+    from yuyan.modeling import YuyanForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(base_model, padding_side=side)
+    torch.manual_seed(0)
+    model = YuyanForSequenceClassification.from_pretrained(base_model, num_labels=2).eval()
+    texts = ["apple banana cherry grape lemon mango river", "the answer", "ocean forest desert valley"]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any()  # padded, on the chosen side
+    assert batch["attention_mask"][1, 0 if side == "left" else -1] == 0
+    with torch.no_grad():
+        batched = model(**batch).logits
+        alone = torch.cat([model(**tok(text, return_tensors="pt")).logits for text in texts])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
 def test_label_order_names_and_metrics():
     assert task_base.ordered_labels({"10", "2", "1"}, None) == ["1", "2", "10"]
     assert task_base.ordered_labels({"pos", "neg"}, None) == ["neg", "pos"]

@@ -70,7 +70,8 @@ def test_shared_data_splits(tmp_path):
     assert len(pairs) == 29_155
 
     def jsonl(path):
-        return [[row["prompt"], row["completion"]] for row in map(json.loads, Path(path).read_text("utf-8").splitlines())]
+        rows = map(json.loads, Path(path).read_text("utf-8").splitlines())
+        return [[row["prompt"], row["completion"]] for row in rows]
 
     tatoeba_train, tatoeba_eval = jsonl(tasks["tatoeba"]["train"]), jsonl(tasks["tatoeba"]["validation"])
     assert tatoeba_eval == pairs[9::10] and len(tatoeba_eval) == 2_915

@@ -128,7 +128,8 @@ class FinetuneArguments:
     train_file: str = field(metadata={"aliases": ["--train"], "help": "training data (.csv, .tsv, .json, .jsonl)"})
     validation_file: str = field(metadata={"aliases": ["--validation"], "help": "validation data, same format"})
     test_file: str | None = field(
-        default=None, metadata={"aliases": ["--test"], "help": "data scored once after training (metrics.json test_metrics)"}
+        default=None,
+        metadata={"aliases": ["--test"], "help": "data scored once after training (metrics.json test_metrics)"},
     )
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"aliases": ["--tokenizer"], "help": "tokenizer folder (default: the model's)"}
