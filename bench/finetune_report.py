@@ -38,6 +38,7 @@ first N examples of each (shuffled, for SST-2) training / evaluation set, for a 
         --tatoeba-model runs/small-hybrid-enzh --threads 1
     python bench/finetune_report.py runs/tiny-hybrid --tasks sst2 --max-steps 600 --threads 1     # minutes
     python bench/finetune_report.py --prepare-only      # data files only (the tokenizer's Tatoeba text)
+    python bench/finetune_report.py --write-bilingual-tokenizer runs/tokenizer-en-zh   # WikiText-2 + Tatoeba BPE
     python bench/finetune_report.py runs/small-* --estimate-only     # the expected time of a full report
 
 On a CPU shared with other jobs, `--threads 1` can be many times faster than torch's default of one thread per
@@ -186,6 +187,17 @@ def prepare_data(work: Path, eval_articles: int, selection_size: int = 2000, see
     return tasks
 
 
+def write_bilingual_tokenizer(output: Path, work: Path, pretraining_text: Path, vocab_size: int) -> Path:
+    """A byte-level BPE trained on the pretraining text plus the Tatoeba training split (both sides), as
+    `yuyan tokenizer train --data PRETRAINING_TEXT OUTPUT/data/tatoeba-train.txt` trains it."""
+    from yuyan.tokenization import save_tokenizer, train_tokenizer
+
+    tokenizer = train_tokenizer(files=[pretraining_text, work / "tatoeba-train.txt"], vocab_size=vocab_size,
+                                show_progress=False)
+    save_tokenizer(tokenizer, output, overwrite=True)
+    return output
+
+
 def stack_of(model: Path) -> str:
     config = json.loads((model / "config.json").read_text())
     kinds = set(config.get("mixer_types") or config["layer_types"])  # `layer_types` before 0.2
@@ -299,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="run Tatoeba en→zh on this model (pretrained with a tokenizer that has seen Chinese) "
                         "instead of on each model given")
     parser.add_argument("--no-scratch", action="store_true", help="skip the from-scratch rows")
+    parser.add_argument("--from-scratch", action="store_true", help=argparse.SUPPRESS)  # the default now
+    parser.add_argument("--write-bilingual-tokenizer", type=Path, metavar="DIR",
+                        help="train a tokenizer on --pretraining-text + the Tatoeba training split into DIR, then stop")
+    parser.add_argument("--pretraining-text", type=Path, default=DATA / "wikitext-2" / "train.txt")
+    parser.add_argument("--vocab-size", type=int, default=16384, help="of the bilingual tokenizer")
     parser.add_argument("--scratch-only", action="store_true", help="only the from-scratch rows")
     parser.add_argument("--prepare-only", action="store_true",
                         help="write the data files (OUTPUT/data, with tatoeba-train.txt for the tokenizer) and stop")
@@ -321,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is far faster while other jobs share the cores)")
     args = parser.parse_args(argv)
-    if not args.models and not args.prepare_only and not (args.tatoeba_model and args.tasks == ["tatoeba"]):
+    only_tatoeba = args.tatoeba_model and args.tasks == ["tatoeba"]
+    if not args.models and not (args.prepare_only or args.write_bilingual_tokenizer or only_tatoeba):
         parser.error("give at least one model folder (or --prepare-only)")
     if args.no_scratch and args.scratch_only:
         parser.error("--no-scratch and --scratch-only exclude each other")
@@ -338,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     output = Path(args.output)
     tasks = prepare_data(output / "data", args.xquad_eval_articles, args.sst2_selection, args.seed)
+    if args.write_bilingual_tokenizer:
+        write_bilingual_tokenizer(args.write_bilingual_tokenizer, output / "data", args.pretraining_text,
+                                  args.vocab_size)
+        print(f"bilingual tokenizer ({args.vocab_size:,} tokens) written to {args.write_bilingual_tokenizer}")
+        return 0
     if args.prepare_only:
         print(f"data written to {output / 'data'} (Tatoeba training text: {output / 'data' / 'tatoeba-train.txt'})")
         return 0
