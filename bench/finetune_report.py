@@ -35,7 +35,7 @@ starting, the expected time is printed (step times measured on the spot). `--max
 first N examples of each (shuffled, for SST-2) training / evaluation set, for a smoke run.
 
     python bench/finetune_report.py runs/small-attention runs/small-lstm runs/small-hybrid \\
-        --tatoeba-model runs/small-hybrid-enzh --threads 1
+        --tatoeba-model runs/small-lstm-enzh --threads 1
     python bench/finetune_report.py runs/tiny-hybrid --tasks sst2 --max-steps 600 --threads 1     # minutes
     python bench/finetune_report.py --prepare-only      # data files only (the tokenizer's Tatoeba text)
     python bench/finetune_report.py --write-bilingual-tokenizer runs/tokenizer-en-zh   # WikiText-2 + Tatoeba BPE
