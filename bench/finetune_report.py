@@ -1,46 +1,51 @@
-"""Fine-tuning report: pretrained Yuyan models fine-tuned on four tasks, side by side.
+"""Fine-tuning report: pretrained Yuyan models fine-tuned on four tasks, each beside a from-scratch twin.
 
 For every model folder given (e.g. the `small` attention, LSTM and hybrid models of `bench/pretrain_budget.py`),
 each task fine-tunes a fresh copy of the model with `yuyan.training.finetune.finetune` (the Trainer) and scores
-it on held-out data:
+it on held-out data. Every task is run twice with the same budget: from the pretrained model, and from a randomly
+initialised model of the same config and tokenizer (`init` = scratch in the table). The pretrained row has to beat
+the scratch row for pretraining to have paid.
 
 | task    | data (`../shared/data`)                                | `--task`             | score                 |
 |---------|--------------------------------------------------------|----------------------|-----------------------|
-| SST-2   | `sst2/{train,dev}.tsv` → `sst2/test.tsv` (= GLUE dev)  | classification       | accuracy              |
+| SST-2   | `sst2/train.tsv` + `dev.tsv` → `sst2/test.tsv`         | classification       | accuracy              |
 | XQuAD   | `xquad/xquad.en.json`, split by article (see below)    | question-answering   | F1 (SQuAD v1.1)       |
 | SciTLDR | `scitldr/SciTLDR-A/train.jsonl` → `dev.jsonl`          | text-generation      | ROUGE-L (all refs)    |
 | Tatoeba | `tatoeba-cmn-eng/cmn.txt`, English → Chinese           | text-generation      | chrF                  |
 
-- SST-2 trains on GLUE's whole training set (`train.tsv` + `dev.tsv` here, 67,349 sentences) less every
-  `--sst2-select-every`-th sentence (default 20), which is held out to choose the best epoch (accuracy, evaluated
-  after each epoch); the chosen model is scored on `test.tsv` (= GLUE dev, 872 sentences, where SST-2 accuracy is
-  normally reported).
-- `--from-scratch` adds, for each model, a row from a randomly initialised model of the same configuration and
-  tokenizer, fine-tuned with the same budget: what pretraining buys.
-- Tatoeba wants a tokenizer that has seen Chinese: `--write-bilingual-tokenizer DIR` trains a byte-level BPE on
-  the pretraining text (`--pretraining-text`, default WikiText-2 train) plus both sides of the Tatoeba training
-  split and exits; pretrain with it (`bench/pretrain_budget.py --tokenizer DIR`) before fine-tuning on Tatoeba.
+- SST-2: `train.tsv` + `dev.tsv` are GLUE's 67,349 training examples. `--sst2-selection` (2,000) distinct
+  sentences of them, drawn at random, are held out (with their repeats) for model selection: the Trainer scores
+  them 8 times over the budget and keeps the best checkpoint. The kept model is scored once on `test.tsv` (= GLUE dev,
+  872 sentences, where SST-2 accuracy is normally reported).
 - XQuAD-en is a 1,190-question sample of the SQuAD v1.1 dev set and the only SQuAD data here (the official train
   set is not in shared/data): the last `--xquad-eval-articles` articles (default 10 of 48) are held out for
   scoring and the questions of the other articles are the training data. No context is in both.
-- Tatoeba has no official split: every 10th pair (lines 10, 20, ...) is held out, the rest trains.
+- Tatoeba has no official split: every 10th pair (lines 10, 20, ...) is held out, the rest trains. A tokenizer
+  trained on English only spells Chinese in UTF-8 bytes (about 3 tokens a character, shown in results.json):
+  give `--tatoeba-model` a model pretrained with a tokenizer that has also seen the Tatoeba training split
+  (OUTPUT/data/tatoeba-train.txt, written by `--prepare-only`); see README, "Fine-tuning report".
 - SciTLDR: the prompt is the abstract (its sentences joined), the completion the first TLDR; the score takes the
   best of the dev set's several TLDRs.
 - Generation prompts are the plain text followed by a newline (no chat template); evaluation decodes greedily.
 
-`--max-train` / `--max-eval` take the first N examples of each training / evaluation set, so a smoke run finishes
-in minutes on two CPU cores; the numbers are then far from what the full sets give, so report the sizes with them.
+Budget: each task has a fixed number of optimizer steps, batch size and learning rate (`BUDGETS`; linear warm-up
+over 6% of the steps, then linear decay; weight decay 0.01), the same for both rows; `--max-steps`,
+`--batch-size`, `--learning-rate` override them for every task, `--epochs` trains whole epochs instead. Before
+starting, the expected time is printed (step times measured on the spot). `--max-train` / `--max-eval` take the
+first N examples of each (shuffled, for SST-2) training / evaluation set, for a smoke run.
 
-    python bench/finetune_report.py runs/small-attention runs/small-lstm runs/small-hybrid
-    python bench/finetune_report.py runs/small-* --max-train 200 --max-eval 50 --epochs 1     # minutes
-    python bench/finetune_report.py runs/small-hybrid --tasks sst2 xquad
-    python bench/finetune_report.py runs/small-lstm --from-scratch                              # + random-init rows
-    python bench/finetune_report.py --write-bilingual-tokenizer runs/tokenizer-en-zh --vocab-size 16384
+    python bench/finetune_report.py runs/small-attention runs/small-lstm runs/small-hybrid \\
+        --tatoeba-model runs/small-lstm-enzh --threads 1
+    python bench/finetune_report.py runs/tiny-hybrid --tasks sst2 --max-steps 600 --threads 1     # minutes
+    python bench/finetune_report.py --prepare-only      # data files only (the tokenizer's Tatoeba text)
+    python bench/finetune_report.py --write-bilingual-tokenizer runs/tokenizer-en-zh   # WikiText-2 + Tatoeba BPE
+    python bench/finetune_report.py runs/small-* --estimate-only     # the expected time of a full report
 
 On a CPU shared with other jobs, `--threads 1` can be many times faster than torch's default of one thread per
 core: every operator's parallel region waits for a core that another process holds.
 
-Writes OUTPUT/results.json (every metric of every run) and prints a Markdown table.
+Writes OUTPUT/results.json (every metric of every run, with its wall-clock) and prints a Markdown table, one row
+per fine-tuning run.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -56,67 +62,111 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 TASKS = ("sst2", "xquad", "scitldr", "tatoeba")
-COLUMNS = {"sst2": ("SST-2 test accuracy", "accuracy"), "xquad": ("XQuAD-en F1", "f1"),
+COLUMNS = {"sst2": ("SST-2 accuracy", "accuracy"), "xquad": ("XQuAD-en F1", "f1"),
            "scitldr": ("SciTLDR ROUGE-L", "rougeL"), "tatoeba": ("Tatoeba en→zh chrF", "chrf")}
+SST2_SIZE = 67_349  # GLUE SST-2 train = shared sst2/train.tsv + sst2/dev.tsv
+
+# The fine-tuning budget of one row (pretrained and from scratch get the same): optimizer steps, batch size, peak
+# learning rate, and for SST-2 how many times the selection slice is scored (evenly over the steps, and at the
+# end; the best of those checkpoints is kept).
+# `length` is a typical padded batch length, only used to estimate the time before starting.
+BUDGETS = {
+    # 3e-4: on a 3-minute tiny-hybrid, 600 steps, the pretrained row scored 78.4 at 3e-4, 76.9 at 1e-3 and was
+    # 71.2 on the selection slice after 525 of 600 steps at 1e-4 (README, "Fine-tuning report").
+    "sst2": {"max_steps": 4000, "batch_size": 32, "learning_rate": 3e-4, "evaluations": 8, "length": 48},
+    "xquad": {"max_steps": 300, "batch_size": 16, "learning_rate": 5e-4, "length": 384},
+    "scitldr": {"max_steps": 500, "batch_size": 8, "learning_rate": 5e-4, "length": 384},
+    "tatoeba": {"max_steps": 3000, "batch_size": 32, "learning_rate": 5e-4, "length": 40},
+}
+WARMUP_SHARE = 0.06  # linear warm-up over the first 6% of the steps, then linear decay to 0 (Trainer default)
+WEIGHT_DECAY = 0.01
 
 
 def _write_jsonl(path: Path, rows) -> Path:
-    with path.open("w", encoding="utf-8") as handle:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(temporary, path)
     return path
 
 
-def sst2_rows() -> list[str]:
-    """GLUE's SST-2 training set: `train.tsv` and `dev.tsv` here, header dropped, in file order."""
+def _write_text(path: Path, text: str) -> Path:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def _tsv_rows(path: Path) -> list[tuple[str, str]]:
+    """(sentence, label) rows of a GLUE-style TSV with a `sentence<TAB>label` header."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0].split("\t")[:2] != ["sentence", "label"]:
+        raise ValueError(f"{path}: expected a 'sentence<TAB>label' header")
     rows = []
-    for name in ("train.tsv", "dev.tsv"):
-        lines = (DATA / "sst2" / name).read_text(encoding="utf-8").splitlines()
-        rows += [line for line in lines[1:] if line.strip()]
+    for number, line in enumerate(lines[1:], 2):
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise ValueError(f"{path}:{number}: expected 2 tab-separated fields, found {len(fields)}")
+        rows.append((fields[0], fields[1]))
     return rows
 
 
-def write_sst2_split(work: Path, select_every: int) -> None:
-    """Every `select_every`-th training sentence held out for model selection, the rest to train on."""
-    rows = sst2_rows()
-    header = "sentence\tlabel\n"
-    (work / "sst2-train.tsv").write_text(header + "".join(r + "\n" for i, r in enumerate(rows, 1) if i % select_every),
-                                         encoding="utf-8")
-    (work / "sst2-select.tsv").write_text(header + "".join(r + "\n" for i, r in enumerate(rows, 1)
-                                                           if not i % select_every), encoding="utf-8")
+def split_sst2(rows: list[tuple[str, str]], selection_size: int, seed: int):
+    """(training rows, selection rows): `selection_size` distinct sentences drawn at random, with every row that
+    repeats one of them (SST-2 has a few hundred repeated phrases), so no sentence is in both; both shuffled."""
+    import random
+
+    sentences = sorted({sentence for sentence, _ in rows})
+    if not 0 < selection_size < len(sentences):
+        raise ValueError(f"the selection slice must hold 1 to {len(sentences) - 1} sentences, not {selection_size}")
+    generator = random.Random(seed)
+    chosen = set(generator.sample(sentences, selection_size))
+    train = [row for row in rows if row[0] not in chosen]
+    selection = [row for row in rows if row[0] in chosen]
+    generator.shuffle(train)  # so that --max-train takes a random sample, not the first file's first rows
+    generator.shuffle(selection)
+    return train, selection
 
 
-def tatoeba_pairs() -> tuple[list[dict], list[dict]]:
-    """(train, evaluation) English -> Chinese pairs: every 10th pair held out."""
-    lines = (DATA / "tatoeba-cmn-eng" / "cmn.txt").read_text(encoding="utf-8-sig").splitlines()
+def split_tatoeba(path: Path) -> tuple[list[dict], list[dict]]:
+    """Tatoeba has no official split: every 10th pair (lines 10, 20, ...) is held out, the rest trains."""
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
     pairs = [line.split("\t")[:2] for line in lines if line.count("\t") >= 1]
     train = [{"prompt": en, "completion": zh} for i, (en, zh) in enumerate(pairs, 1) if i % 10]
     evaluation = [{"prompt": en, "completion": zh} for i, (en, zh) in enumerate(pairs, 1) if not i % 10]
     return train, evaluation
 
 
-def prepare_data(work: Path, eval_articles: int, select_every: int = 20) -> dict[str, dict]:
-    """Data files (converted where needed) and finetune() options for each task."""
+def prepare_data(work: Path, eval_articles: int, selection_size: int = 2000, seed: int = 42,
+                 data: Path = DATA) -> dict[str, dict]:
+    """Data files (converted where needed) and finetune() options for each task; `test` is the scored file when
+    it differs from the validation (model selection) file."""
     from yuyan.training.tasks.data import squad_rows
 
     work.mkdir(parents=True, exist_ok=True)
-    write_sst2_split(work, select_every)
+    rows = _tsv_rows(data / "sst2" / "train.tsv") + _tsv_rows(data / "sst2" / "dev.tsv")
+    sst2_train, sst2_selection = split_sst2(rows, selection_size, seed)
+
+    def tsv(name: str, table) -> Path:
+        return _write_text(work / name, "sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in table))
+
     tasks = {
         "sst2": {
             "task": "classification",
-            "train": work / "sst2-train.tsv",
-            "validation": work / "sst2-select.tsv",
-            "test": DATA / "sst2" / "test.tsv",
+            "train": tsv("sst2-train.tsv", sst2_train),
+            "validation": tsv("sst2-selection.tsv", sst2_selection),
+            "test": data / "sst2" / "test.tsv",
             "data_args": {"text_column": "sentence", "class_names": ["negative", "positive"]},
         },
         "scitldr": {
             "task": "text-generation",
-            "train": DATA / "scitldr" / "SciTLDR-A" / "train.jsonl",
-            "validation": DATA / "scitldr" / "SciTLDR-A" / "dev.jsonl",
+            "train": data / "scitldr" / "SciTLDR-A" / "train.jsonl",
+            "validation": data / "scitldr" / "SciTLDR-A" / "dev.jsonl",
             "data_args": {"prompt_column": "source", "completion_column": "target"},
         },
     }
-    squad = json.loads((DATA / "xquad" / "xquad.en.json").read_text(encoding="utf-8"))
+    squad = json.loads((data / "xquad" / "xquad.en.json").read_text(encoding="utf-8"))
     articles = squad["data"]
     held_out = max(1, min(eval_articles, len(articles) - 1))
     tasks["xquad"] = {
@@ -125,7 +175,9 @@ def prepare_data(work: Path, eval_articles: int, select_every: int = 20) -> dict
         "validation": _write_jsonl(work / "xquad-eval.jsonl", squad_rows({"data": articles[-held_out:]})),
         "data_args": {},
     }
-    train, evaluation = tatoeba_pairs()
+    train, evaluation = split_tatoeba(data / "tatoeba-cmn-eng" / "cmn.txt")
+    # The training split as plain text (English line, Chinese line) for `yuyan tokenizer train`.
+    _write_text(work / "tatoeba-train.txt", "".join(f"{row['prompt']}\n{row['completion']}\n" for row in train))
     tasks["tatoeba"] = {
         "task": "text-generation",
         "train": _write_jsonl(work / "tatoeba-train.jsonl", train),
@@ -135,54 +187,15 @@ def prepare_data(work: Path, eval_articles: int, select_every: int = 20) -> dict
     return tasks
 
 
-def classification_accuracy(folder: Path, test_file: Path, class_names: list[str], max_length: int = 256,
-                            max_examples: int | None = None) -> float:
-    """Accuracy (%) of a fine-tuned classifier on a sentence/label TSV, tokenised as fine-tuning tokenised."""
-    import torch
-    from transformers import AutoTokenizer
+def write_bilingual_tokenizer(output: Path, work: Path, pretraining_text: Path, vocab_size: int) -> Path:
+    """A byte-level BPE trained on the pretraining text plus the Tatoeba training split (both sides), as
+    `yuyan tokenizer train --data PRETRAINING_TEXT OUTPUT/data/tatoeba-train.txt` trains it."""
+    from yuyan.tokenization import save_tokenizer, train_tokenizer
 
-    from yuyan.training.finetune import load_finetuned
-
-    model, tokenizer = load_finetuned(folder).eval(), AutoTokenizer.from_pretrained(folder)
-    lines = test_file.read_text(encoding="utf-8").splitlines()[1:]
-    rows = [line.rsplit("\t", 1) for line in lines if line.strip()][:max_examples]
-    correct = 0
-    with torch.inference_mode():
-        for start in range(0, len(rows), 32):
-            batch = rows[start:start + 32]
-            inputs = tokenizer([text for text, _ in batch], truncation=True, max_length=max_length, padding=True,
-                               return_tensors="pt")
-            predicted = model(**inputs).logits.argmax(-1).tolist()
-            for index, (_, label) in zip(predicted, batch):
-                correct += model.config.id2label[index] == class_names[int(label)]
-    return 100.0 * correct / len(rows)
-
-
-def from_scratch_copy(model: Path, root: Path, seed: int) -> Path:
-    """A randomly initialised model with `model`'s configuration and tokenizer (the same size, no pretraining)."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from yuyan import YuyanConfig, YuyanForCausalLM
-
-    folder = root / f"{model.name}-scratch"
-    if not (folder / "config.json").exists():
-        torch.manual_seed(seed)
-        YuyanForCausalLM(YuyanConfig.from_pretrained(model)).save_pretrained(folder)
-        AutoTokenizer.from_pretrained(model).save_pretrained(folder)
-    return folder
-
-
-def write_bilingual_tokenizer(output: Path, pretraining_text: Path, vocab_size: int) -> None:
-    """A byte-level BPE trained on the pretraining text plus both sides of the Tatoeba training split."""
-    from yuyan.tokenization import iter_texts, train_tokenizer
-
-    train, _ = tatoeba_pairs()
-    texts = (text for source in (iter_texts([pretraining_text], txt_split="paragraph"),
-                                 (pair[side] for pair in train for side in ("prompt", "completion")))
-             for text in source)
-    train_tokenizer(texts, vocab_size=vocab_size, output_dir=output)
-    print(f"bilingual tokenizer ({vocab_size} tokens) written to {output}")
+    tokenizer = train_tokenizer(files=[pretraining_text, work / "tatoeba-train.txt"], vocab_size=vocab_size,
+                                show_progress=False)
+    save_tokenizer(tokenizer, output, overwrite=True)
+    return output
 
 
 def stack_of(model: Path) -> str:
@@ -191,16 +204,132 @@ def stack_of(model: Path) -> str:
     return "lstm" if kinds == {"lstm"} else "attention" if "lstm" not in kinds else "hybrid"
 
 
+def make_scratch_model(model: Path, output: Path, seed: int) -> Path:
+    """A randomly initialised twin of `model`: the same config and tokenizer, fresh weights (seeded). It is the
+    from-scratch row: what the fine-tuning budget alone reaches without pretraining."""
+    import torch
+
+    from yuyan.modeling import YuyanConfig, YuyanForCausalLM
+    from yuyan.training.finetune import load_tokenizer
+
+    config = YuyanConfig.from_pretrained(model)
+    torch.manual_seed(seed)
+    scratch = YuyanForCausalLM(config)
+    staging = output.with_name(f".{output.name}.tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    scratch.save_pretrained(staging)
+    load_tokenizer(str(model)).save_pretrained(staging)
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(staging, output)
+    return output
+
+
+def zh_tokens_per_character(model: Path, texts: list[str]) -> float:
+    """Tokens per Chinese character: about 1 or less for a tokenizer that has seen Chinese, about 3 (UTF-8
+    bytes) for one that has not."""
+    from yuyan.training.finetune import load_tokenizer
+
+    tokenizer = load_tokenizer(str(model))
+    characters = sum(len(text) for text in texts)
+    tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
+    return tokens / max(1, characters)
+
+
+def seconds_per_step(model: Path, batch_size: int, length: int, language_model: bool, steps: int = 3) -> float:
+    """Median time of a training step (forward, backward, AdamW) on random tokens of the given shape: the
+    calibration behind the expected time printed before the report starts. Classification and QA heads are tiny,
+    so they are timed without the vocabulary-sized output layer that generation trains."""
+    import statistics
+
+    import torch
+
+    from yuyan.modeling import YuyanConfig, YuyanForCausalLM, YuyanModel
+
+    config = YuyanConfig.from_pretrained(model)
+    network = YuyanForCausalLM(config) if language_model else YuyanModel(config)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
+    tokens = torch.randint(0, config.vocab_size, (batch_size, length))
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        if language_model:
+            loss = network(input_ids=tokens, labels=tokens).loss
+        else:
+            loss = network(input_ids=tokens).last_hidden_state.pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])  # the first step pays one-off allocation
+
+
+def budget_of(name: str, args) -> dict:
+    budget = dict(BUDGETS[name])
+    for key in ("max_steps", "batch_size", "learning_rate"):
+        if getattr(args, key) is not None:
+            budget[key] = getattr(args, key)
+    return budget
+
+
+def training_arguments(name: str, budget: dict, args) -> dict:
+    values = {"learning_rate": budget["learning_rate"], "per_device_train_batch_size": budget["batch_size"],
+              "per_device_eval_batch_size": 64, "seed": args.seed, "weight_decay": WEIGHT_DECAY,
+              "save_strategy": "no", "eval_strategy": "no", "disable_tqdm": True, "logging_steps": 100}
+    if args.epochs is not None:  # the former budget: whole epochs
+        values.update(num_train_epochs=args.epochs, warmup_steps=0)
+    else:
+        values.update(max_steps=budget["max_steps"], warmup_steps=int(WARMUP_SHARE * budget["max_steps"]))
+    if name == "sst2":
+        # Model selection on the held-out slice of the training data; test.tsv is scored once, at the end.
+        every = max(1, budget["max_steps"] // budget["evaluations"]) if args.epochs is None else None
+        strategy = {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": every, "save_steps": every} \
+            if every else {"eval_strategy": "epoch", "save_strategy": "epoch"}
+        values.update(strategy, load_best_model_at_end=True, metric_for_best_model="accuracy",
+                      greater_is_better=True, save_total_limit=1)
+    return values
+
+
+def _rows_table(results: list[dict]) -> list[str]:
+    lines = ["| task | model | stack | init | score | train examples | steps | wall-clock |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for row in results:
+        label, metric = COLUMNS[row["task"]]
+        lines.append(f"| {label} | {Path(row['model']).name} | {row['stack']} | {row['init']} | "
+                     f"{row['score']:.1f} | {row['train_examples']:,} | {row['steps']:,} | "
+                     f"{row['seconds'] / 60:.1f} min |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="*", help="pretrained Yuyan model folders")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--output", default=str(REPO / "runs" / "finetune-report"))
+    parser.add_argument("--tatoeba-model", default=None,
+                        help="run Tatoeba en→zh on this model (pretrained with a tokenizer that has seen Chinese) "
+                        "instead of on each model given")
+    parser.add_argument("--no-scratch", action="store_true", help="skip the from-scratch rows")
+    parser.add_argument("--from-scratch", action="store_true", help=argparse.SUPPRESS)  # the default now
+    parser.add_argument("--write-bilingual-tokenizer", type=Path, metavar="DIR",
+                        help="train a tokenizer on --pretraining-text + the Tatoeba training split into DIR, then stop")
+    parser.add_argument("--pretraining-text", type=Path, default=DATA / "wikitext-2" / "train.txt")
+    parser.add_argument("--vocab-size", type=int, default=16384, help="of the bilingual tokenizer")
+    parser.add_argument("--scratch-only", action="store_true", help="only the from-scratch rows")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="write the data files (OUTPUT/data, with tatoeba-train.txt for the tokenizer) and stop")
+    parser.add_argument("--estimate-only", action="store_true", help="print the runs and their expected time, and stop")
     parser.add_argument("--max-train", type=int, default=None, help="first N training examples per task")
     parser.add_argument("--max-eval", type=int, default=None, help="first N evaluation examples per task")
-    parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--sst2-selection", type=int, default=2000,
+                        help="SST-2 training sentences held out for model selection")
+    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps per row (default: per task)")
+    parser.add_argument("--epochs", type=float, default=None, help="whole epochs instead of the step budget")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: per task")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: per task")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="SST-2: stop after this many selection scores without a gain (default: the whole budget)")
     parser.add_argument("--max-seq-length", type=int, default=None, help="default: each task's (256 / 384 / 512)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="generation length in evaluation")
     parser.add_argument("--lora", action="store_true", help="LoRA adapters instead of full fine-tuning (merged)")
@@ -208,20 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is far faster while other jobs share the cores)")
-    parser.add_argument("--sst2-select-every", type=int, default=20,
-                        help="hold out every N-th SST-2 training sentence to choose the best epoch")
-    parser.add_argument("--from-scratch", action="store_true",
-                        help="also fine-tune a randomly initialised model of the same size per model")
-    parser.add_argument("--write-bilingual-tokenizer", type=Path, metavar="DIR",
-                        help="train a BPE tokenizer on --pretraining-text + the Tatoeba training split, then exit")
-    parser.add_argument("--pretraining-text", type=Path, default=DATA / "wikitext-2" / "train.txt")
-    parser.add_argument("--vocab-size", type=int, default=16384, help="of the bilingual tokenizer")
     args = parser.parse_args(argv)
-    if args.write_bilingual_tokenizer:
-        write_bilingual_tokenizer(args.write_bilingual_tokenizer, args.pretraining_text, args.vocab_size)
-        return 0
-    if not args.models:
-        parser.error("give at least one model folder")
+    only_tatoeba = args.tatoeba_model and args.tasks == ["tatoeba"]
+    if not args.models and not (args.prepare_only or args.write_bilingual_tokenizer or only_tatoeba):
+        parser.error("give at least one model folder (or --prepare-only)")
+    if args.no_scratch and args.scratch_only:
+        parser.error("--no-scratch and --scratch-only exclude each other")
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -234,65 +355,96 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     output = Path(args.output)
-    tasks = prepare_data(output / "data", args.xquad_eval_articles, args.sst2_select_every)
-    models = [Path(m) for m in args.models]
-    if args.from_scratch:
-        models = [m for model in models for m in (model, from_scratch_copy(model, output / "scratch", args.seed))]
-    args.models = [str(m) for m in models]
-    results = []
-    for model in models:
-        for name in args.tasks:
-            spec = tasks[name]
-            data_args = {**spec["data_args"], "max_train_samples": args.max_train, "max_eval_samples": args.max_eval}
-            if spec["task"] == "text-generation":
-                data_args.setdefault("max_new_tokens", args.max_new_tokens)
-            if args.max_seq_length:
-                data_args["max_seq_length"] = args.max_seq_length
-            run_dir = output / model.name / name
-            print(f"== {model} / {name} ({spec['task']}) -> {run_dir}", flush=True)
+    tasks = prepare_data(output / "data", args.xquad_eval_articles, args.sst2_selection, args.seed)
+    if args.write_bilingual_tokenizer:
+        write_bilingual_tokenizer(args.write_bilingual_tokenizer, output / "data", args.pretraining_text,
+                                  args.vocab_size)
+        print(f"bilingual tokenizer ({args.vocab_size:,} tokens) written to {args.write_bilingual_tokenizer}")
+        return 0
+    if args.prepare_only:
+        print(f"data written to {output / 'data'} (Tatoeba training text: {output / 'data' / 'tatoeba-train.txt'})")
+        return 0
+
+    inits = ["pretrained", "scratch"]
+    if args.no_scratch:
+        inits = ["pretrained"]
+    if args.scratch_only:
+        inits = ["scratch"]
+    plan = []  # (model, task)
+    for name in args.tasks:
+        models = [args.tatoeba_model] if name == "tatoeba" and args.tatoeba_model else args.models
+        plan += [(Path(model), name) for model in models]
+
+    # Expected time: calibrated steps on random tokens of each task's typical shape, plus the evaluations.
+    expected = 0.0
+    for model, name in plan:
+        budget = budget_of(name, args)
+        step = seconds_per_step(model, budget["batch_size"], budget["length"],
+                                tasks[name]["task"] == "text-generation")
+        steps = budget["max_steps"] if args.epochs is None else None
+        if steps is None:
+            expected = float("nan")
+            break
+        row = step * steps * 1.25  # + ~25% for evaluation, checkpoints and data preparation
+        expected += len(inits) * row
+        print(f"  {model.name} / {name}: {steps} steps of {budget['batch_size']} at {step:.2f} s, about "
+              f"{row / 60:.1f} min a row", flush=True)
+    estimate = "unknown with --epochs" if expected != expected else f"about {expected / 60:.1f} min"
+    print(f"{len(plan) * len(inits)} fine-tuning runs; expected time {estimate} on this machine (step times "
+          "measured now, +25% for evaluation; generation-heavy evaluation can add more)", flush=True)
+    if args.estimate_only:
+        return 0
+
+    results: list[dict] = []
+    for model, name in plan:
+        spec = tasks[name]
+        budget = budget_of(name, args)
+        data_args = {**spec["data_args"], "max_train_samples": args.max_train, "max_eval_samples": args.max_eval}
+        if spec["task"] == "text-generation":
+            data_args.setdefault("max_new_tokens", args.max_new_tokens)
+        if args.max_seq_length:
+            data_args["max_seq_length"] = args.max_seq_length
+        callbacks = None
+        if name == "sst2" and args.patience:
+            callbacks = [transformers.EarlyStoppingCallback(early_stopping_patience=args.patience)]
+        for init in inits:
+            source = model if init == "pretrained" else make_scratch_model(
+                model, output / "scratch" / model.name, args.seed)
+            run_dir = output / model.name / init / name
+            print(f"== {model} ({init}) / {name} ({spec['task']}) -> {run_dir}", flush=True)
             start = time.perf_counter()
-            training_args = {"learning_rate": args.learning_rate, "num_train_epochs": args.epochs,
-                             "per_device_train_batch_size": args.batch_size, "per_device_eval_batch_size": 16,
-                             "seed": args.seed, "save_strategy": "no", "eval_strategy": "no",
-                             "disable_tqdm": True, "warmup_steps": 0}
-            if "test" in spec:
-                # Model selection on the held-out slice after every epoch; the best epoch is kept and tested.
-                training_args.update(eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
-                                     load_best_model_at_end=True, metric_for_best_model="accuracy")
             metrics = finetune(
-                spec["task"], str(model), str(spec["train"]), str(spec["validation"]), run_dir,
-                training_args=training_args,
+                spec["task"], str(source), str(spec["train"]), str(spec["validation"]), run_dir,
+                training_args=training_arguments(name, budget, args),
                 data_args=data_args,
                 lora_args={"lora": True, "merge": True} if args.lora else None,
                 overwrite=True,
+                test_file=str(spec["test"]) if "test" in spec else None,
+                callbacks=callbacks,
             )
-            scores = dict(metrics["metrics"])
-            if "test" in spec:  # the fine-tuning metrics are the selection slice's; the score is the test set's
-                scores = {f"selection_{key}": value for key, value in scores.items()}
-                scores["accuracy"] = classification_accuracy(
-                    run_dir, spec["test"], spec["data_args"]["class_names"], max_examples=args.max_eval)
-            results.append({"model": str(model), "stack": stack_of(model), "task": name,
-                            "from_scratch": model.name.endswith("-scratch"),
-                            "seconds": time.perf_counter() - start, "metrics": scores})
-            print(json.dumps(results[-1]["metrics"]), flush=True)
-            (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+            scored = metrics.get("test_metrics") or metrics["metrics"]
+            row = {"model": str(model), "stack": stack_of(model), "init": init, "task": name,
+                   "score": scored[COLUMNS[name][1]], "seconds": time.perf_counter() - start,
+                   "train_examples": run["data"]["train_examples"], "steps": run["training"]["steps"],
+                   "metrics": metrics["metrics"], "test_metrics": metrics.get("test_metrics"),
+                   "training": run["training"]}
+            if name == "tatoeba":
+                row["zh_tokens_per_character"] = zh_tokens_per_character(
+                    model, [example["completion"] for example in split_tatoeba(
+                        DATA / "tatoeba-cmn-eng" / "cmn.txt")[1][:200]])
+            results.append(row)
+            print(json.dumps({key: row[key] for key in ("init", "task", "score", "seconds", "steps")}), flush=True)
+            _write_text(output / "results.json", json.dumps(results, indent=2) + "\n")
 
-    header = "| model | stack | " + " | ".join(COLUMNS[t][0] for t in args.tasks) + " |"
     print()
     print(f"yuyan {yuyan.__version__}, transformers {transformers.__version__}, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; max train "
-          f"{args.max_train or 'all'}, max eval {args.max_eval or 'all'}, {args.epochs:g} epochs, learning rate "
-          f"{args.learning_rate:g}{', LoRA' if args.lora else ''}")
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
+          f"max train {args.max_train or 'all'}, max eval {args.max_eval or 'all'}"
+          f"{', LoRA' if args.lora else ''}; SST-2 scored on sst2/test.tsv (GLUE dev), the model chosen on "
+          f"{args.sst2_selection:,} held-out training sentences")
     print()
-    print(header)
-    print("|---|---|" + "---:|" * len(args.tasks))
-    for model in args.models:
-        cells = []
-        for name in args.tasks:
-            found = [r for r in results if r["model"] == model and r["task"] == name]
-            cells.append(f"{found[0]['metrics'][COLUMNS[name][1]]:.1f} ({found[0]['seconds'] / 60:.1f} min)"
-                         if found else "-")
-        print(f"| {Path(model).name} | {stack_of(Path(model))} | " + " | ".join(cells) + " |")
+    print("\n".join(_rows_table(results)))
     print()
     print("command: python bench/finetune_report.py " + " ".join(sys.argv[1:] if argv is None else argv))
     return 0

@@ -128,6 +128,27 @@ def test_shared_xquad_and_sst2_load():
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_classifier_reads_each_rows_last_real_token_with_either_padding(base_model, side):
+    """The batch a collator pads (right by default, left if the tokenizer says so) classifies every row as the row
+    alone: pooling takes the last non-pad token, and the LSTM layer never reads padding into its state."""
+    from transformers import AutoTokenizer
+
+    from yuyan.modeling import YuyanForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(base_model, padding_side=side)
+    torch.manual_seed(0)
+    model = YuyanForSequenceClassification.from_pretrained(base_model, num_labels=2).eval()
+    texts = ["apple banana cherry grape lemon mango river", "the answer", "ocean forest desert valley"]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any()  # padded, on the chosen side
+    assert batch["attention_mask"][1, 0 if side == "left" else -1] == 0
+    with torch.no_grad():
+        batched = model(**batch).logits
+        alone = torch.cat([model(**tok(text, return_tensors="pt")).logits for text in texts])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
 def test_label_order_names_and_metrics():
     assert task_base.ordered_labels({"10", "2", "1"}, None) == ["1", "2", "10"]
     assert task_base.ordered_labels({"pos", "neg"}, None) == ["neg", "pos"]
@@ -419,7 +440,10 @@ def test_command_line_run_and_error_exit(tmp_path, base_model, monkeypatch, caps
     code = cli.main(common + ["--label-column", "polarity"])
     assert code == 2 and "yuyan finetune: error:" in capsys.readouterr().err
 
-    code = cli.main(common + ["--class-names", "negative", "positive", "--num_train_epochs", "3",
+    test_rows = _sentiment_rows(40, 2)
+    test = tmp_path / "test.tsv"
+    test.write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in test_rows))
+    code = cli.main(common + ["--test", str(test), "--class-names", "negative", "positive", "--num_train_epochs", "3",
                               "--learning-rate", "3e-3", "--per_device_train_batch_size", "16", "--disable_tqdm",
                               "true", "--save_strategy", "no"])
     assert code == 0
@@ -430,6 +454,11 @@ def test_command_line_run_and_error_exit(tmp_path, base_model, monkeypatch, caps
     assert set(metrics) >= {"task", "base_model", "metrics", "dataset", "validation_data", "train_seconds",
                             "parameters", "layer_types", "device", "hardware"}
     assert metrics["task"] == "text-classification" and metrics["layer_types"] == ["lstm", "full_attention"]
+    # --test: scored once after training, apart from the validation (selection) metrics.
+    assert metrics["test_data"] == str(test) and set(metrics["test_metrics"]) >= {"accuracy", "macro_f1", "loss"}
+    assert metrics["test_metrics"]["accuracy"] >= 90.0
+    assert metrics["test_metrics"]["loss"] != metrics["metrics"]["loss"]
+    assert "(test: " in capsys.readouterr().out
     run = json.loads((out / "run.json").read_text())
     assert run["training"]["learning_rate"] == 3e-3 and run["training"]["num_train_epochs"] == 3
     assert run["lora"] is None and run["data"]["labels"] == ["negative", "positive"]

@@ -127,6 +127,10 @@ class FinetuneArguments:
     )
     train_file: str = field(metadata={"aliases": ["--train"], "help": "training data (.csv, .tsv, .json, .jsonl)"})
     validation_file: str = field(metadata={"aliases": ["--validation"], "help": "validation data, same format"})
+    test_file: str | None = field(
+        default=None,
+        metadata={"aliases": ["--test"], "help": "data scored once after training (metrics.json test_metrics)"},
+    )
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"aliases": ["--tokenizer"], "help": "tokenizer folder (default: the model's)"}
     )
@@ -456,11 +460,11 @@ def _trainer_class(loss_only: bool):
     return LossOnlyTrainer
 
 
-def _validation_metrics(evaluation: dict[str, float]) -> dict[str, float]:
+def _validation_metrics(evaluation: dict[str, float], prefix: str = "eval") -> dict[str, float]:
     skipped = {"runtime", "samples_per_second", "steps_per_second", "epoch"}
     metrics = {}
     for key, value in evaluation.items():
-        name = key.removeprefix("eval_")
+        name = key.removeprefix(f"{prefix}_")
         if name not in skipped:
             metrics[name] = float(value)
     return metrics
@@ -479,11 +483,16 @@ def finetune(
     tokenizer: str | None = None,
     overwrite: bool = False,
     ignore_mismatched_sizes: bool = False,
+    test_file: str | os.PathLike | None = None,
+    callbacks: list | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `model` (a Yuyan folder or Hub id) for `task` and save it in `output_dir`; returns metrics.json.
 
     `training_args`: a `TrainingArguments` (its output_dir is set to `output_dir`) or a dict of its fields on top
     of `TRAINING_DEFAULTS`. `data_args` / `lora_args`: `DataArguments` / `LoraArguments` or dicts of their fields.
+    `test_file`: data scored once after training (`metrics.json` "test_metrics"), so that the validation file can
+    serve model selection (`load_best_model_at_end`) without the reported score choosing the model.
+    `callbacks`: Trainer callbacks (e.g. `EarlyStoppingCallback`).
     """
     from transformers import TrainingArguments, set_seed
 
@@ -519,6 +528,12 @@ def finetune(
     validation = limit(load_table(validation_file, data_args.delimiter), data_args.max_eval_samples)
     setup = _task_module(task).prepare(train, validation, tokenizer_obj, data_args, str(train_file),
                                        str(validation_file), max_length)
+    test_setup = None
+    if test_file is not None:
+        # The same recipe with the test rows in the validation place: labels checked against the training set.
+        test = limit(load_table(test_file, data_args.delimiter), data_args.max_eval_samples)
+        test_setup = _task_module(task).prepare(train, test, tokenizer_obj, data_args, str(train_file),
+                                                str(test_file), max_length)
 
     set_seed(training_args.seed)
     config_updates = dict(setup.config_updates)
@@ -543,6 +558,7 @@ def finetune(
         processing_class=tokenizer_obj,
         compute_metrics=setup.compute_metrics,
         preprocess_logits_for_metrics=setup.preprocess_logits_for_metrics,
+        callbacks=callbacks,
     )
     if isinstance(resume, str) and resume.lower() in ("latest", "true", "last"):
         resume = True
@@ -553,6 +569,13 @@ def finetune(
     validation_metrics = _validation_metrics(trainer.evaluate())
     if setup.final_evaluation is not None:
         validation_metrics.update(setup.final_evaluation(trainer))
+    test_metrics = None
+    if test_setup is not None:
+        test_metrics = _validation_metrics(
+            trainer.evaluate(eval_dataset=test_setup.eval_dataset, metric_key_prefix="test"), prefix="test"
+        )
+        if test_setup.final_evaluation is not None:
+            test_metrics.update(test_setup.final_evaluation(trainer))
 
     trained = trainer.model
     metrics = {
@@ -561,6 +584,7 @@ def finetune(
         "metrics": validation_metrics,
         "dataset": str(train_file),
         "validation_data": str(validation_file),
+        **({"test_metrics": test_metrics, "test_data": str(test_file)} if test_setup is not None else {}),
         "train_seconds": round(train_seconds, 3),
         "parameters": parameters,
         "layer_types": list(config.layer_types),
@@ -757,9 +781,13 @@ def run_finetune_command(args: argparse.Namespace) -> None:
         tokenizer=finetune_args.tokenizer_name_or_path,
         overwrite=finetune_args.overwrite,
         ignore_mismatched_sizes=finetune_args.ignore_mismatched_sizes,
+        test_file=finetune_args.test_file,
     )
     shown = ", ".join(f"{name} {value:.4g}" for name, value in result["metrics"].items())
     print(f"{result['task']}: {shown} (validation); saved to {training_args.output_dir}")
+    if result.get("test_metrics"):
+        print(f"{result['task']}: " + ", ".join(f"{name} {value:.4g}" for name, value in result["test_metrics"].items())
+              + f" (test: {finetune_args.test_file})")
 
 
 __all__ = [

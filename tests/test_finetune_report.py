@@ -1,0 +1,112 @@
+"""bench/finetune_report.py's pieces that can break: the SST-2 and Tatoeba splits of the shared data, the
+selection slice kept apart from the training rows, and the from-scratch twin of a model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from yuyan import YuyanConfig, YuyanForCausalLM
+from yuyan.tokenization import train_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not (SHARED / "sst2" / "train.tsv").is_file(), reason="../shared/data absent")
+
+spec = importlib.util.spec_from_file_location("finetune_report", REPO / "bench" / "finetune_report.py")
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+
+
+def _tsv(path: Path) -> list[tuple[str, str]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "sentence\tlabel"
+    return [tuple(line.split("\t")) for line in lines[1:]]
+
+
+def test_sst2_split_keeps_repeated_sentences_together():
+    rows = [(f"s{i % 40}", str(i % 2)) for i in range(100)]  # 40 sentences, most repeated
+    train, selection = report.split_sst2(rows, 10, seed=0)
+    assert len(train) + len(selection) == 100 and Counter(train + selection) == Counter(rows)
+    assert len({s for s, _ in selection}) == 10
+    assert not {s for s, _ in train} & {s for s, _ in selection}
+    assert report.split_sst2(rows, 10, seed=0) == (train, selection)  # seeded
+    assert report.split_sst2(rows, 10, seed=1)[1] != selection
+    with pytest.raises(ValueError, match="selection slice"):
+        report.split_sst2(rows, 40, seed=0)
+
+
+@needs_shared
+def test_shared_data_splits(tmp_path):
+    tasks = report.prepare_data(tmp_path, eval_articles=10, selection_size=2000, seed=42)
+    sst2 = tasks["sst2"]
+    train, selection, test = _tsv(sst2["train"]), _tsv(sst2["validation"]), _tsv(sst2["test"])
+    # GLUE SST-2: 67,349 training examples (all used, none twice), 872 scored (GLUE dev).
+    assert len(train) + len(selection) == report.SST2_SIZE and len(test) == 872
+    original = _tsv(SHARED / "sst2" / "train.tsv") + _tsv(SHARED / "sst2" / "dev.tsv")
+    assert Counter(train + selection) == Counter(original)
+    assert len({s for s, _ in selection}) == 2000
+    assert not {s for s, _ in train} & {s for s, _ in selection}
+    assert not {s for s, _ in train + selection} & {s for s, _ in test}
+    assert sst2["test"] == SHARED / "sst2" / "test.tsv"
+    # Both splits hold both classes, near the set's 56% positive.
+    for rows in (train, selection):
+        positive = sum(label == "1" for _, label in rows) / len(rows)
+        assert 0.50 < positive < 0.62
+
+    # Tatoeba: 29,155 pairs, every 10th (lines 10, 20, ...) held out; the tokenizer text is the training split,
+    # English then Chinese.
+    lines = (SHARED / "tatoeba-cmn-eng" / "cmn.txt").read_text(encoding="utf-8-sig").splitlines()
+    pairs = [line.split("\t")[:2] for line in lines if line]
+    assert len(pairs) == 29_155
+
+    def jsonl(path):
+        rows = map(json.loads, Path(path).read_text("utf-8").splitlines())
+        return [[row["prompt"], row["completion"]] for row in rows]
+
+    tatoeba_train, tatoeba_eval = jsonl(tasks["tatoeba"]["train"]), jsonl(tasks["tatoeba"]["validation"])
+    assert tatoeba_eval == pairs[9::10] and len(tatoeba_eval) == 2_915
+    assert tatoeba_train == [pair for i, pair in enumerate(pairs, 1) if i % 10]
+    text = (tmp_path / "tatoeba-train.txt").read_text(encoding="utf-8").splitlines()
+    assert text == [side for pair in tatoeba_train for side in pair] and text[0] == "Hi."
+
+
+def test_scratch_twin_has_the_config_and_tokenizer_but_not_the_weights(tmp_path):
+    texts = [f"the {word} is here." for word in "cat dog bird fish tree house river".split()] * 20
+    tokenizer = train_tokenizer(texts=texts, vocab_size=280)
+    config = YuyanConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                         layer_types=["lstm", "full_attention"], num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=48, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    pretrained = YuyanForCausalLM(config)
+    with torch.no_grad():  # stands in for pretraining: weights no fresh initialisation gives
+        for parameter in pretrained.parameters():
+            parameter.add_(0.5)
+    pretrained.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+
+    twin = report.make_scratch_model(tmp_path / "model", tmp_path / "scratch" / "model", seed=42)
+    assert YuyanConfig.from_pretrained(twin).to_dict() == YuyanConfig.from_pretrained(tmp_path / "model").to_dict()
+    loaded = YuyanForCausalLM.from_pretrained(twin)
+    original = pretrained.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert tensor.shape == original[name].shape
+        if tensor.numel() > 1 and not name.endswith("norm.weight"):
+            assert not torch.equal(tensor, original[name]), name
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(twin).get_vocab() == tokenizer.get_vocab()
+    # Seeded: the same twin again; and it is written whole (no staging folder left).
+    again = report.make_scratch_model(tmp_path / "model", tmp_path / "scratch" / "model", seed=42)
+    for name, tensor in YuyanForCausalLM.from_pretrained(again).state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == ["model"]
