@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from yuyan import YuyanConfig
+from yuyan import YuyanConfig, YuyanForCausalLM
 
 STACKS = {
     "attention": ["full_attention"] * 3,
@@ -41,3 +41,13 @@ def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     # Ids 2.. avoid pad and eos so that generation never stops early by chance in the prompt.
     return torch.randint(2, VOCAB, (batch, length), generator=generator)
+
+
+def generation_model(stack: str, **overrides) -> YuyanForCausalLM:
+    """A seeded tiny language model in eval mode that never stops early: every generation comparison runs the full
+    number of steps."""
+    torch.manual_seed(0)
+    model = YuyanForCausalLM(tiny_config(stack, **overrides)).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = PAD
+    return model

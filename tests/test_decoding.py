@@ -5,18 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_helpers import PAD, STACKS, random_ids, tiny_config
+from model_helpers import STACKS, generation_model, random_ids
 from yuyan import YuyanForCausalLM
 
 ALL_STACKS = sorted(STACKS)
-
-
-def build(stack: str) -> YuyanForCausalLM:
-    torch.manual_seed(0)
-    model = YuyanForCausalLM(tiny_config(stack)).eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = PAD
-    return model
 
 
 def weight_strides(model) -> dict[str, tuple[int, ...]]:
@@ -25,7 +17,7 @@ def weight_strides(model) -> dict[str, tuple[int, ...]]:
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_generate_decodes_with_transposed_weights_and_restores_them(stack, tmp_path):
-    model = build(stack)
+    model = generation_model(stack)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     seen = []
     hook = model.register_forward_hook(lambda module, args, output: seen.append(weight_strides(module)))
@@ -51,7 +43,7 @@ def test_generate_decodes_with_transposed_weights_and_restores_them(stack, tmp_p
 
 def test_short_generations_skip_the_layout():
     """Two weight copies cost more than a few faster steps win back: short calls run in the usual layout."""
-    model = build("lstm")
+    model = generation_model("lstm")
     seen = []
     hook = model.register_forward_hook(lambda module, args, output: seen.append(module.lm_head.weight.is_contiguous()))
     prompt = random_ids(1, 4)
@@ -65,7 +57,7 @@ def test_short_generations_skip_the_layout():
 
 
 def test_decode_layout_gives_the_same_logits():
-    model = build("hybrid")
+    model = generation_model("hybrid")
     ids = random_ids(3, 6)
     with torch.no_grad():
         expected = model(input_ids=ids).logits
@@ -76,13 +68,13 @@ def test_decode_layout_gives_the_same_logits():
 
 
 def test_decode_layout_leaves_a_training_model_alone():
-    model = build("lstm").train()
+    model = generation_model("lstm").train()
     with model.decode_layout():
         assert all(p.is_contiguous() for p in model.parameters())
 
 
 def test_weights_are_restored_when_generate_fails():
-    model = build("attention")
+    model = generation_model("attention")
     with pytest.raises(ValueError, match="outside this model's vocabulary"):
         model.generate(torch.tensor([[2, 3, 10_000]]), max_new_tokens=model.DECODE_LAYOUT_MIN_NEW_TOKENS)
     assert all(p.is_contiguous() for p in model.parameters())
@@ -91,7 +83,7 @@ def test_weights_are_restored_when_generate_fails():
 def test_generate_under_inference_mode_leaves_a_trainable_model():
     """`yuyan generate` and evaluation call `generate` under `torch.inference_mode()`; the restored weights must
     still be ordinary tensors that autograd can use."""
-    model = build("hybrid")
+    model = generation_model("hybrid")
     prompt = random_ids(1, 5)
     with torch.inference_mode():
         model.generate(prompt, max_new_tokens=model.DECODE_LAYOUT_MIN_NEW_TOKENS, do_sample=False)

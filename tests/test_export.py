@@ -11,18 +11,9 @@ import pytest
 import torch
 from transformers import CompileConfig, StaticCache
 
-from model_helpers import PAD, STACKS, VOCAB, random_ids, tiny_config
-from yuyan import YuyanForCausalLM
+from model_helpers import STACKS, VOCAB, generation_model, random_ids
 
 ALL_STACKS = sorted(STACKS)
-
-
-def build(stack: str) -> YuyanForCausalLM:
-    torch.manual_seed(0)
-    model = YuyanForCausalLM(tiny_config(stack)).eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = PAD
-    return model
 
 
 def compile_config(backend: str = "eager") -> CompileConfig:
@@ -34,7 +25,7 @@ def compile_config(backend: str = "eager") -> CompileConfig:
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_torch_export_gives_the_eager_logits(stack, one_thread):
-    model = build(stack)
+    model = generation_model(stack)
     ids = random_ids(2, 7)
     mask = torch.ones_like(ids)
     with torch.no_grad():
@@ -56,7 +47,7 @@ def test_torch_export_gives_the_eager_logits(stack, one_thread):
 
 
 def test_out_of_vocabulary_ids_still_raise_in_eager_mode():
-    model = build("lstm")
+    model = generation_model("lstm")
     for bad in (VOCAB, -1):
         ids = random_ids(1, 4)
         ids[0, 2] = bad
@@ -65,7 +56,7 @@ def test_out_of_vocabulary_ids_still_raise_in_eager_mode():
 
 
 def test_attention_forward_compiles_with_fullgraph(one_thread):
-    model = build("attention")
+    model = generation_model("attention")
     ids = random_ids(2, 6)
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
     with torch.no_grad():
@@ -76,7 +67,7 @@ def test_attention_forward_compiles_with_fullgraph(one_thread):
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_generate_compiles_the_one_token_decode_step(stack, one_thread):
     """transformers' automatic compilation (static cache + compile config) captures the decode step whole."""
-    model = build(stack)
+    model = generation_model(stack)
     prompt = random_ids(2, 5)
     expected = model.generate(prompt, max_new_tokens=6, do_sample=False)
     torch._dynamo.reset()
@@ -94,7 +85,7 @@ def test_generate_compiles_the_one_token_decode_step(stack, one_thread):
     ids=["greedy", "sample", "beam"],
 )
 def test_static_cache_generates_what_the_dynamic_cache_does(stack, settings, one_thread):
-    model = build(stack)
+    model = generation_model(stack)
     prompt = random_ids(2, 6)
     mask = torch.ones_like(prompt)
     mask[0, :2] = 0  # left padding
@@ -112,7 +103,7 @@ def test_static_cache_generates_what_the_dynamic_cache_does(stack, settings, one
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_static_cache_by_hand_gives_the_uncached_logits(stack):
     """Prefill then one token at a time through a `StaticCache`, against one pass over the whole sequence."""
-    model = build(stack)
+    model = generation_model(stack)
     ids = random_ids(2, 9)
     cache = StaticCache(config=model.config, max_cache_len=16)
     with torch.no_grad():
@@ -137,7 +128,7 @@ def test_attention_stack_exports_to_onnx_and_runs_in_onnxruntime(tmp_path, one_t
         def forward(self, input_ids, attention_mask):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    model = build("attention")
+    model = generation_model("attention")
     ids = random_ids(2, 7)
     mask = torch.ones_like(ids)
     path = tmp_path / "yuyan.onnx"

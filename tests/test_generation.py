@@ -6,19 +6,10 @@ import pytest
 import torch
 from transformers import DynamicCache, GenerationConfig, TextIteratorStreamer
 
-from model_helpers import PAD, STACKS, random_ids, tiny_config
+from model_helpers import PAD, STACKS, generation_model, random_ids, tiny_config
 from yuyan import YuyanForCausalLM
 
 ALL_STACKS = sorted(STACKS)
-
-
-def build(stack: str, **overrides) -> YuyanForCausalLM:
-    torch.manual_seed(0)
-    model = YuyanForCausalLM(tiny_config(stack, **overrides)).eval()
-    # No early stop: every comparison below runs the full number of steps.
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = PAD
-    return model
 
 
 @torch.no_grad()
@@ -32,7 +23,7 @@ def manual_greedy(model, ids: torch.Tensor, steps: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_greedy_generate_equals_a_manual_argmax_loop(stack):
-    model = build(stack)
+    model = generation_model(stack)
     prompt = random_ids(2, 6)
     generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False)
     assert generated.shape == (2, 18)
@@ -41,7 +32,7 @@ def test_greedy_generate_equals_a_manual_argmax_loop(stack):
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_generate_with_an_explicit_dynamic_cache(stack):
-    model = build(stack)
+    model = generation_model(stack)
     prompt = random_ids(1, 5)
     cache = DynamicCache(config=model.config)
     generated = model.generate(prompt, cache=cache, max_new_tokens=6, do_sample=False)
@@ -50,7 +41,7 @@ def test_generate_with_an_explicit_dynamic_cache(stack):
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_seeded_sampling_is_reproducible(stack):
-    model = build(stack)
+    model = generation_model(stack)
     prompt = random_ids(2, 4)
     settings = dict(max_new_tokens=10, do_sample=True, temperature=1.3, top_k=20, top_p=0.9)
     torch.manual_seed(123)
@@ -65,7 +56,7 @@ def test_seeded_sampling_is_reproducible(stack):
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_beam_search_returns_sequences_with_their_true_scores(stack):
-    model = build(stack)
+    model = generation_model(stack)
     prompt = random_ids(1, 5)
     out = model.generate(
         prompt, max_new_tokens=6, num_beams=4, num_return_sequences=3, do_sample=False, length_penalty=1.0,
@@ -86,7 +77,7 @@ def test_beam_search_returns_sequences_with_their_true_scores(stack):
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_left_padded_batch_generation_equals_row_by_row(stack):
-    model = build(stack)
+    model = generation_model(stack)
     prompts = [random_ids(1, 7, seed=11)[0], random_ids(1, 3, seed=12)[0], random_ids(1, 5, seed=13)[0]]
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), PAD)
@@ -102,7 +93,7 @@ def test_left_padded_batch_generation_equals_row_by_row(stack):
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_streaming_yields_the_generated_tokens(stack):
-    model = build(stack)
+    model = generation_model(stack)
     prompt = random_ids(1, 4)
 
     class CollectingStreamer:
@@ -137,7 +128,7 @@ def cache_bytes(cache) -> int:
 
 
 def test_all_lstm_generation_memory_does_not_grow_with_length():
-    model = build("lstm")
+    model = generation_model("lstm")
     prompt = random_ids(1, 4)
     sizes = {}
     for steps in (4, 64):
@@ -145,7 +136,7 @@ def test_all_lstm_generation_memory_does_not_grow_with_length():
         sizes[steps] = cache_bytes(out.cache)
     assert sizes[4] == sizes[64] == 3 * 2 * 32 * 4  # three layers of (h, c), width 32, float32
 
-    attention = build("attention")
+    attention = generation_model("attention")
     grow = [cache_bytes(attention.generate(prompt, max_new_tokens=n, return_dict_in_generate=True).cache) for n in (4, 64)]
     assert grow[1] > grow[0], "the size measure must see a growing KV cache"
 
