@@ -89,6 +89,20 @@ def _publish(staging: Path, output_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _write_model_folder(model, source_dir: Path, output_dir: Path, overwrite: bool) -> list[str]:
+    """Save `model` with the source folder's tokenizer and generation config into a staging folder, then move it
+    into place: the output appears whole or not at all. Returns the names of the files copied."""
+    staging = _staging_dir(output_dir)
+    try:
+        model.save_pretrained(staging)
+        copied = _copy_tokenizer_and_generation_config(source_dir, staging)
+        _publish(staging, output_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return copied
+
+
 def _copy_tokenizer_and_generation_config(source: Path, target: Path) -> list[str]:
     copied = []
     for name in (*TOKENIZER_FILES, GENERATION_CONFIG):
@@ -168,14 +182,7 @@ def export_to_llama(model_dir: str | Path, output_dir: str | Path, overwrite: bo
     if (model_dir / GENERATION_CONFIG).is_file():
         llama.generation_config = GenerationConfig.from_pretrained(model_dir)
 
-    staging = _staging_dir(output_dir)
-    try:
-        llama.save_pretrained(staging)
-        copied = _copy_tokenizer_and_generation_config(model_dir, staging)
-        _publish(staging, output_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    copied = _write_model_folder(llama, model_dir, output_dir, overwrite)
     return {
         "output": str(output_dir),
         "format": "llama",
@@ -285,14 +292,7 @@ def import_from_llama(
         else GenerationConfig.from_model_config(config)
     )
 
-    staging = _staging_dir(output_dir)
-    try:
-        model.save_pretrained(staging)
-        copied = _copy_tokenizer_and_generation_config(llama_dir, staging)
-        _publish(staging, output_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    copied = _write_model_folder(model, llama_dir, output_dir, overwrite)
     return {
         "output": str(output_dir),
         "format": "yuyan",

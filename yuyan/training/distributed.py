@@ -38,14 +38,17 @@ def raise_if_any_failed(accelerator: Accelerator, error: Exception | None) -> No
     raise RuntimeError(f"process {rank} failed with {kind_name}: {message}")
 
 
+def _attempt(function, *arguments):
+    """(result, None) or (None, the exception): an error is held until every process has reached the check."""
+    try:
+        return function(*arguments), None
+    except Exception as caught:
+        return None, caught
+
+
 def on_main_process(accelerator: Accelerator, function, *arguments):
     """`function(*arguments)` on the main process only; None elsewhere. Every process raises its error, if any."""
-    result, error = None, None
-    if accelerator.is_main_process:
-        try:
-            result = function(*arguments)
-        except Exception as caught:
-            error = caught
+    result, error = _attempt(function, *arguments) if accelerator.is_main_process else (None, None)
     raise_if_any_failed(accelerator, error)
     return result
 
@@ -56,10 +59,7 @@ def main_process_first(accelerator: Accelerator, function, *arguments):
     result = on_main_process(accelerator, function, *arguments)
     error = None
     if not accelerator.is_main_process:
-        try:
-            result = function(*arguments)
-        except Exception as caught:
-            error = caught
+        result, error = _attempt(function, *arguments)
     raise_if_any_failed(accelerator, error)
     return result
 
