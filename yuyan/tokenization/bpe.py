@@ -215,6 +215,31 @@ def _source_iterator(texts, files, text_column: str, txt_split: str, separator: 
     return texts_from_records(texts, text_column), "the given texts"
 
 
+def _open_corpus(texts, files, text_column, txt_split, separator, max_texts, max_bytes):
+    """The corpus as one stream of texts (limited by `max_texts` / `max_bytes`) that counts what it yields into the
+    returned `CorpusStats`. An empty corpus is reported here, before any training. Texts that are only whitespace
+    before the first real one are dropped: with nothing else they would train a vocabulary of whitespace."""
+    from .data import limit_texts
+
+    stream, source = _source_iterator(texts, files, text_column, txt_split, separator)
+    stream = limit_texts(stream, max_texts=max_texts, max_bytes=max_bytes)
+    for first in stream:
+        if first.strip():
+            break
+    else:
+        raise ValueError(f"empty corpus: {source} hold no text (nothing but empty or whitespace-only texts)")
+    stats = CorpusStats()
+    return _CountingIterator(itertools.chain([first], stream), stats), stats
+
+
+def _fit(backend, trainer, corpus, stats: CorpusStats, all_special: list[str], max_texts: int | None) -> None:
+    """Train `backend` on the corpus with the special strings cut out, and record the time in `stats`."""
+    start = time.perf_counter()
+    # `length` only sizes the progress bar; with max_texts it is an upper bound, otherwise unknown.
+    backend.train_from_iterator(_without_special_strings(corpus, all_special), trainer=trainer, length=max_texts)
+    stats.seconds = time.perf_counter() - start
+
+
 def _train(
     texts: Iterable[Any] | None = None,
     *,
@@ -237,8 +262,6 @@ def _train(
 ):
     from tokenizers import AddedToken, pre_tokenizers, trainers
 
-    from .data import limit_texts
-
     # Every argument is checked before the corpus is read, and the corpus is read before anything is written.
     all_special = special_tokens_list(special_tokens)
     _check_vocab_size(vocab_size, all_special)
@@ -249,18 +272,7 @@ def _train(
     _check_wrapper_args(model_max_length, padding_side)
     if output_dir is not None:
         _check_output_dir(Path(output_dir), overwrite)
-    stream, source = _source_iterator(texts, files, text_column, txt_split, separator)
-    stream = limit_texts(stream, max_texts=max_texts, max_bytes=max_bytes)
-
-    # An empty corpus is reported before training. Texts that are only whitespace before the first real one are
-    # dropped: with nothing else they would train a vocabulary of whitespace.
-    for first in stream:
-        if first.strip():
-            break
-    else:
-        raise ValueError(f"empty corpus: {source} hold no text (nothing but empty or whitespace-only texts)")
-    stats = CorpusStats()
-    counted = _CountingIterator(itertools.chain([first], stream), stats)
+    corpus, stats = _open_corpus(texts, files, text_column, txt_split, separator, max_texts, max_bytes)
 
     backend = build_backend_tokenizer()
     trainer = trainers.BpeTrainer(
@@ -271,10 +283,7 @@ def _train(
         show_progress=sys.stderr.isatty() if show_progress is None else bool(show_progress),
         max_token_length=max_token_bytes,  # ByteLevel maps one byte to one character, so this counts bytes
     )
-    start = time.perf_counter()
-    # `length` only sizes the progress bar; with max_texts it is an upper bound, otherwise unknown.
-    backend.train_from_iterator(_without_special_strings(counted, all_special), trainer=trainer, length=max_texts)
-    stats.seconds = time.perf_counter() - start
+    _fit(backend, trainer, corpus, stats, all_special, max_texts)
 
     tokenizer = wrap_tokenizer(
         backend,

@@ -20,10 +20,8 @@ perplexity and word perplexity are the same number.
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,12 +29,10 @@ from typing import Any
 from .bpe import (
     BUILTIN_SPECIAL_TOKENS,
     DEFAULT_MODEL_MAX_LENGTH,
-    CorpusStats,
     _check_output_dir,
     _check_wrapper_args,
-    _CountingIterator,
-    _source_iterator,
-    _without_special_strings,
+    _fit,
+    _open_corpus,
     save_tokenizer,
     special_tokens_list,
     wrap_tokenizer,
@@ -83,8 +79,6 @@ def _train_word(
 ):
     from tokenizers import AddedToken, trainers
 
-    from .data import limit_texts
-
     all_special = special_tokens_list([UNK, *special_tokens])
     if vocab_size is not None:
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
@@ -99,15 +93,7 @@ def _train_word(
     _check_wrapper_args(model_max_length, padding_side)
     if output_dir is not None:
         _check_output_dir(Path(output_dir), overwrite)
-    stream, source = _source_iterator(texts, files, text_column, txt_split, separator)
-    stream = limit_texts(stream, max_texts=max_texts, max_bytes=max_bytes)
-    for first in stream:
-        if first.strip():
-            break
-    else:
-        raise ValueError(f"empty corpus: {source} hold no text (nothing but empty or whitespace-only texts)")
-    stats = CorpusStats()
-    counted = _CountingIterator(itertools.chain([first], stream), stats)
+    corpus, stats = _open_corpus(texts, files, text_column, txt_split, separator, max_texts, max_bytes)
 
     backend = build_word_backend_tokenizer()
     trainer = trainers.WordLevelTrainer(
@@ -116,11 +102,9 @@ def _train_word(
         special_tokens=[AddedToken(token, special=True, normalized=False) for token in all_special],
         show_progress=sys.stderr.isatty() if show_progress is None else bool(show_progress),
     )
-    start = time.perf_counter()
     # The special strings, `<unk>` included, are cut out of the texts before counting: a word the trainer counts
     # that is also a special token gets a second id, and the vocabulary a hole (tokenizers 0.22).
-    backend.train_from_iterator(_without_special_strings(counted, all_special), trainer=trainer, length=max_texts)
-    stats.seconds = time.perf_counter() - start
+    _fit(backend, trainer, corpus, stats, all_special, max_texts)
     if LINE_END not in backend.get_vocab():
         # A corpus without line ends (one-line records) still gets the token, so that any text encodes the same
         # way. An added token that is not special: decoding with skip_special_tokens keeps it.
