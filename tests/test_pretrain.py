@@ -25,7 +25,6 @@ from yuyan.training.pretrain import (
     EpochShuffleSampler,
     PretrainArguments,
     resolve_config,
-    warmup_cosine_schedule,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,9 +114,13 @@ def test_sampler_order_depends_only_on_seed_and_epoch():
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
+    from yuyan.training.pretrain import new_schedule_plan, schedule_factor
+
+    # A plan fixed from the start (a step budget): linear warm-up, then cosine to the floor.
+    plan = {**new_schedule_plan(4), "total_steps": 20, "fixed_by": "max_steps"}
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=1.0)
-    scheduler = warmup_cosine_schedule(optimizer, warmup_steps=4, total_steps=20, floor=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(step, plan, 0.1))
     rates = []
     for _ in range(20):
         rates.append(scheduler.get_last_lr()[0])

@@ -53,6 +53,13 @@ def on_main_process(accelerator: Accelerator, function, *arguments):
     return result
 
 
+def on_every_process(accelerator: Accelerator, function, *arguments):
+    """`function(*arguments)` on every process; an error on any process stops all of them."""
+    result, error = _attempt(function, *arguments)
+    raise_if_any_failed(accelerator, error)
+    return result
+
+
 def main_process_first(accelerator: Accelerator, function, *arguments):
     """`function(*arguments)` on the main process, then (when it succeeded) on the others, e.g. to fill a cache
     once; like `accelerator.main_process_first()`, except that an error on any process stops all of them."""
@@ -64,4 +71,4 @@ def main_process_first(accelerator: Accelerator, function, *arguments):
     return result
 
 
-__all__ = ["main_process_first", "on_main_process", "raise_if_any_failed"]
+__all__ = ["main_process_first", "on_every_process", "on_main_process", "raise_if_any_failed"]

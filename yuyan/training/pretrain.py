@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from yuyan.modeling import PRESETS, YuyanConfig, YuyanForCausalLM
 from yuyan.training.data import TextSource, load_documents, split_validation, tokenize_and_pack
-from yuyan.training.distributed import main_process_first, on_main_process, raise_if_any_failed
+from yuyan.training.distributed import main_process_first, on_every_process, on_main_process
 
 RUN_FILE = "run.json"
 STATE_FILE = "trainer_state.json"
@@ -319,12 +319,6 @@ def evaluate_loss(model, dataloader, accelerator: Accelerator, max_batches: int 
         raise ValueError("the validation set is empty: give more validation text or a larger --validation-fraction")
     loss = torch.cat(losses).mean().item()
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-
-
-def warmup_cosine_schedule(optimizer, warmup_steps: int, total_steps: int, floor: float):
-    """Linear warm-up to the peak, then cosine decay to `floor` x peak at `total_steps`."""
-    plan = {**new_schedule_plan(warmup_steps), "total_steps": total_steps, "fixed_by": "max_steps"}
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(step, plan, floor))
 
 
 def new_schedule_plan(warmup_steps: int) -> dict:
@@ -689,13 +683,8 @@ def pretrain(
         final = root / f"step-{state['step']:07d}"
         temporary = root / f".step-{state['step']:07d}.tmp"
         on_main_process(accelerator, lambda: shutil.rmtree(temporary, ignore_errors=True))
-        error = None
-        try:
-            accelerator.save_state(str(temporary))
-        except Exception as caught:
-            error = caught
         # Every process writes its own RNG state into the folder: it is complete only when all have finished.
-        raise_if_any_failed(accelerator, error)
+        on_every_process(accelerator, accelerator.save_state, str(temporary))
 
         def publish() -> None:
             write_json_atomic(temporary / STATE_FILE, state)
