@@ -297,13 +297,15 @@ class YuyanLSTM(nn.Module):
             return previous
         return hidden_states.new_zeros(hidden_states.shape[0], 2, self.hidden_size)
 
+    def _cell(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One position through the layer's LSTM weights: a single fused cell call."""
+        lstm = self.lstm
+        return torch.lstm_cell(x, (h, c), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
+
     def _step(self, hidden_states: torch.Tensor, previous: torch.Tensor | None):
         """One token: a single fused cell call, several times faster per step than `nn.LSTM` on one position."""
         h, c = self._initial(previous, hidden_states).unbind(1)
-        lstm = self.lstm
-        h, c = torch.lstm_cell(
-            hidden_states[:, 0], (h, c), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0
-        )
+        h, c = self._cell(hidden_states[:, 0], h, c)
         return h.unsqueeze(1), torch.stack((h, c), dim=1)
 
     def _run(self, hidden_states: torch.Tensor, previous: torch.Tensor | None):
@@ -338,13 +340,9 @@ class YuyanLSTM(nn.Module):
         read back from the data, which a traced graph cannot do. Here one cell call per position, unrolled over
         the (static) length, and a pad position leaves the state as it was: the same result, traceable."""
         h, c = self._initial(previous, hidden_states).unbind(1)
-        lstm = self.lstm
         outputs = []
         for position in range(hidden_states.shape[1]):
-            new_h, new_c = torch.lstm_cell(
-                hidden_states[:, position], (h, c), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0,
-                lstm.bias_hh_l0,
-            )
+            new_h, new_c = self._cell(hidden_states[:, position], h, c)
             real = mask[:, position, None]
             h, c = torch.where(real, new_h, h), torch.where(real, new_c, c)
             outputs.append(new_h * real.to(new_h.dtype))
