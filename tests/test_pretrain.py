@@ -290,7 +290,7 @@ def test_two_processes_follow_one_process_with_twice_the_batch(tmp_path, corpus)
          str(REPO / "configs" / "accelerate" / "cpu-2-processes.yaml"), "--main_process_port", str(free_port()),
          "-m", "yuyan.cli", "pretrain", *common,
          "--batch-size", "2", "--output", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, text=True, timeout=180,
     )
     assert launch.returncode == 0, launch.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())

@@ -852,6 +852,12 @@ def pretrain(
     weights = accelerator.get_state_dict(model)
     on_main_process(accelerator, save_final, accelerator.unwrap_model(model), tokenizer, output, metrics, run_record,
                     weights)
+    # The data-parallel wrapper goes before the process group does. Otherwise the group is destroyed when the
+    # wrapper is, after this function returns, by a destructor that holds the GIL while it waits for gloo's worker
+    # threads, one of which may need the GIL to free the last collective's tensors: a deadlock (seen in CI).
+    # Destroyed by `end_training` instead, the group releases the GIL while it waits.
+    model = optimizer = scheduler = None
+    accelerator.free_memory()
     accelerator.end_training()
     return metrics
 
