@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from yuyan.files import publish_folder, staging_dir
 
 # Files that make up a saved tokenizer (whichever the tokenizer wrote); copied byte for byte.
 TOKENIZER_FILES = (
@@ -71,35 +72,14 @@ def _check_output(output_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _staging_dir(output_dir: Path) -> Path:
-    """A temporary folder beside the output (same file system, so the final rename is atomic)."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-
-
-def _publish(staging: Path, output_dir: Path, overwrite: bool) -> None:
-    """Move the finished staging folder into place; a replaced output is removed only after the new one is there."""
-    _check_output(output_dir, overwrite)  # again: something may have appeared while we converted
-    old = None
-    if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.old-{staging.name.rsplit('-', 1)[-1]}")
-        output_dir.rename(old)
-    staging.rename(output_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_model_folder(model, source_dir: Path, output_dir: Path, overwrite: bool) -> list[str]:
     """Save `model` with the source folder's tokenizer and generation config into a staging folder, then move it
     into place: the output appears whole or not at all. Returns the names of the files copied."""
-    staging = _staging_dir(output_dir)
-    try:
+    with staging_dir(output_dir.parent, prefix=f".{output_dir.name}.tmp-") as staging:
         model.save_pretrained(staging)
         copied = _copy_tokenizer_and_generation_config(source_dir, staging)
-        _publish(staging, output_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _check_output(output_dir, overwrite)  # again: something may have appeared while we converted
+        publish_folder(staging, output_dir)
     return copied
 
 

@@ -26,14 +26,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from yuyan.files import move_into, publish_folder, staging_dir
 
 ENDOFTEXT = "<|endoftext|>"
 """Document separator: the end-of-text token, used as both bos and eos."""
@@ -422,33 +422,19 @@ def save_tokenizer(tokenizer, output_dir: str | os.PathLike, *, overwrite: bool 
     """
     output_dir = Path(output_dir)
     _check_output_dir(output_dir, overwrite)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
-    try:
+    with staging_dir(output_dir.parent, prefix=f".{output_dir.name}.") as staging:
         tokenizer.save_pretrained(str(staging))
         config_path = staging / "tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config.update(special_token_ids(tokenizer))
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if output_dir.is_dir() and any(output_dir.iterdir()):
-            written = {path.name for path in staging.iterdir()}
-            for name in written:
-                os.replace(staging / name, output_dir / name)
+            written = move_into(staging, output_dir)
             for name in TOKENIZER_FILES:
                 if name not in written and (output_dir / name).is_file():
                     (output_dir / name).unlink()
-            shutil.rmtree(staging)
         else:
-            if output_dir.is_dir():
-                output_dir.rmdir()
-            os.replace(staging, output_dir)
-            # mkdtemp creates the folder with mode 0o700; give it the usual permissions.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(output_dir, 0o777 & ~umask)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            publish_folder(staging, output_dir)
     return output_dir
 
 

@@ -1,0 +1,81 @@
+"""Writes that other processes and later runs rely on, made atomic: whoever reads a file or a folder Yuyan wrote
+(a resumed run, `yuyan card`, a Hub upload, another process of the same run) sees the old version or the new one,
+never half of one, even if the writer is killed in between.
+
+- `write_text_atomic` / `write_json_atomic`: one file, written beside its place and renamed over it.
+- `staging_dir`: a fresh folder beside (or inside) the destination, on the same file system so that the renames
+  that publish it are atomic; removed again when the block that fills it fails.
+- `move_into`: publish a staged folder's entries into an existing folder, one rename each, chosen names last
+  (a file whose presence means "finished", such as metrics.json).
+- `publish_folder`: publish a staged folder as a whole, replacing what was there (the old folder is removed only
+  after the new one is in place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Indented JSON; values JSON cannot hold (paths, dtypes) are written as their `str`."""
+    return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def staging_dir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
+    """A new empty folder `parent/<prefix>XXXX.tmp` (a hidden name when `prefix` starts with a dot); removed with
+    its contents if the block raises, and also after it if the block left it behind."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
+    # mkdtemp creates the folder with mode 0o700; a published folder gets the permissions any other would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def move_into(staging: Path, output: Path, last: tuple[str, ...] = ()) -> list[str]:
+    """Move every entry of `staging` into the folder `output` (replacing same-named ones), the names in `last`
+    at the end; returns the names moved."""
+    output.mkdir(parents=True, exist_ok=True)
+    entries = sorted(staging.iterdir(), key=lambda entry: entry.name in last)
+    for entry in entries:
+        target = output / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    return [entry.name for entry in entries]
+
+
+def publish_folder(staging: Path, target: Path) -> None:
+    """Rename `staging` to `target`. An existing `target` is first renamed aside and removed only once the new
+    folder is in place, so a kill leaves either the old folder or the new one under the name."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{staging.name}")
+        target.rename(old)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["move_into", "publish_folder", "staging_dir", "write_json_atomic", "write_text_atomic"]
