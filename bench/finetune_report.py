@@ -351,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yuyan
     from yuyan.training.finetune import finetune
+    from yuyan.training.records import read_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -422,13 +423,13 @@ def main(argv: list[str] | None = None) -> int:
                 test_file=str(spec["test"]) if "test" in spec else None,
                 callbacks=callbacks,
             )
-            run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+            run = read_run(run_dir)  # metrics: the dict finetune returns
             scored = metrics.get("test_metrics") or metrics["metrics"]
             row = {"model": str(model), "stack": stack_of(model), "init": init, "task": name,
                    "score": scored[COLUMNS[name][1]], "seconds": time.perf_counter() - start,
-                   "train_examples": run["data"]["train_examples"], "steps": run["training"]["steps"],
+                   "train_examples": run.data["train_examples"], "steps": run.training["steps"],
                    "metrics": metrics["metrics"], "test_metrics": metrics.get("test_metrics"),
-                   "training": run["training"]}
+                   "training": run.training}
             if name == "tatoeba":
                 row["zh_tokens_per_character"] = zh_tokens_per_character(
                     model, [example["completion"] for example in split_tatoeba(

@@ -45,15 +45,17 @@ def train_yuyan(kind: str, args, tokenizer_dir: Path, output: Path) -> dict:
         "--block-size", str(args.block_size),
     ]
     subprocess.run(command, check=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
-    metrics = json.loads((output / "metrics.json").read_text())
-    losses = dict(metrics["loss_history"])
+    from yuyan.training.records import read_metrics
+
+    metrics = read_metrics(output)
+    losses = dict(metrics.loss_history)
     return {
-        "tokens_seen": metrics["tokens_seen"],
-        "steps": metrics["steps"],
-        "stop_reason": metrics["stop_reason"],
-        "train_seconds": metrics["train_seconds"],
-        "parameters": metrics["parameters"],
-        "curve": [(seconds, losses[step]) for step, seconds in metrics["time_history"]],
+        "tokens_seen": metrics.tokens_seen,
+        "steps": metrics.steps,
+        "stop_reason": metrics.stop_reason,
+        "train_seconds": metrics.train_seconds,
+        "parameters": metrics.parameters,
+        "curve": [(seconds, losses[step]) for step, seconds in metrics.time_history],
     }
 
 

@@ -95,7 +95,7 @@ def base_settings(config: str) -> dict:
     from yuyan.training.pretrain import resolve_config
 
     model, training = resolve_config(config)
-    return {"learning_rate": training.learning_rate, **{f"model.{k}": v for k, v in model.items()}}
+    return {"learning_rate": training.learning_rate, **{f"model.{k}": v for k, v in model.requested.items()}}
 
 
 def run_one(name: str, overrides: dict, args, base: dict) -> dict:
@@ -123,18 +123,20 @@ def run_one(name: str, overrides: dict, args, base: dict) -> dict:
     if args.dry_run:
         return {}
     subprocess.run(command, check=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
-    metrics = json.loads((folder / "metrics.json").read_text())
+    from yuyan.training.records import read_metrics
+
+    metrics = read_metrics(folder)
     ratio = tokens_per_word(tokenizer_dir, (DATA / "valid.txt").read_text(encoding="utf-8"))
     result = {
         "record": record,
         "name": name,
-        "validation_loss": metrics["validation_loss"],
-        "valid_word_perplexity": math.exp(metrics["validation_loss"] * ratio),
-        "steps": metrics["steps"],
-        "tokens_seen": metrics["tokens_seen"],
-        "train_seconds": metrics["train_seconds"],
-        "parameters": metrics["parameters"],
-        "stop_reason": metrics["stop_reason"],
+        "validation_loss": metrics.validation_loss,
+        "valid_word_perplexity": math.exp(metrics.validation_loss * ratio),
+        "steps": metrics.steps,
+        "tokens_seen": metrics.tokens_seen,
+        "train_seconds": metrics.train_seconds,
+        "parameters": metrics.parameters,
+        "stop_reason": metrics.stop_reason,
     }
     done.write_text(json.dumps(result, indent=1))
     return result

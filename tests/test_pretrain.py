@@ -84,14 +84,18 @@ def test_yaml_config_then_flags_then_set_overrides(tmp_path):
     model, training = resolve_config(
         str(config), {"num_hidden_layers": 3, "model.intermediate_size": 0, "block_size": 32}, {"batch_size": 4}
     )
-    assert model == {"preset": "small-lstm", "hidden_size": 128, "num_hidden_layers": 3, "intermediate_size": 0}
+    assert model.requested == {"preset": "small-lstm", "hidden_size": 128, "num_hidden_layers": 3,
+                               "intermediate_size": 0}
+    # Resolved once into the config the run builds: the preset's kind kept at the new depth.
+    assert (model.config.hidden_size, model.config.mixer_types, model.config.intermediate_size) == (
+        128, ["lstm"] * 3, 0)
     assert (training.learning_rate, training.batch_size, training.block_size) == (0.002, 4, 32)
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_configs_resolve(name):
     model, training = resolve_config(str(REPO / "configs" / f"{name}.yaml"))
-    assert model["preset"] == name
+    assert model.requested["preset"] == name and model.config.num_hidden_layers > 0
     training.validate()
 
 

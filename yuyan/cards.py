@@ -29,6 +29,20 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from yuyan.files import write_text_atomic
+from yuyan.training.records import (
+    METRICS_FILE,
+    RUN_FILE,
+    FinetuneMetrics,
+    MetricsRecord,
+    PretrainMetrics,
+    RunRecord,
+    metrics_from_dict,
+    read_metrics,
+    read_run,
+    run_from_dict,
+)
+
 PRETRAINED_TEMPLATE = "yuyan.md"
 FINETUNED_TEMPLATE = "yuyan-finetuned.md"
 LICENSE = "apache-2.0"
@@ -99,11 +113,6 @@ def stack_name(layer_types: list[str]) -> str:
     return "hybrid"
 
 
-def is_finetuning_run(metrics: dict[str, Any]) -> bool:
-    """A fine-tuning run's metrics name its task; a pretraining run's do not."""
-    return "task" in metrics
-
-
 def looks_like_hub_id(value: Any) -> bool:
     """`org/name`, and not a path on this machine."""
     return (
@@ -161,8 +170,8 @@ def _duration(seconds: Any) -> str:
     return f"{seconds / 3600:.1f} hours"
 
 
-def _hardware(metrics: dict[str, Any]) -> str:
-    device, hardware = metrics.get("device"), metrics.get("hardware")
+def _hardware(metrics: MetricsRecord) -> str:
+    device, hardware = metrics.device, metrics.hardware
     if device and hardware:
         return f"{device} ({hardware})"
     return str(device or hardware or "not recorded")
@@ -173,10 +182,12 @@ def _metric_label(name: str) -> str:
     return name[5:] if name.startswith("eval_") else name
 
 
-def evaluation_scores(metrics: dict[str, Any]) -> dict[str, float]:
-    """A fine-tuning run's evaluation results, as they go into `model-index`: the numbers of `metrics["metrics"]`
+def evaluation_scores(metrics: FinetuneMetrics | dict[str, Any]) -> dict[str, float]:
+    """A fine-tuning run's evaluation results, as they go into `model-index`: the numbers of its `metrics`
     under their own names, without the bookkeeping entries (epoch, runtime, throughput)."""
-    scores = metrics.get("metrics") or {}
+    if isinstance(metrics, dict):
+        metrics = FinetuneMetrics.from_dict(metrics)
+    scores = metrics.metrics or {}
     if not isinstance(scores, dict):
         raise ValueError(f"metrics.json: 'metrics' should map metric names to values, not {type(scores).__name__}")
     return {name: value for name, value in scores.items() if _is_number(value) and not NOT_METRICS.match(name)}
@@ -237,9 +248,9 @@ def vocabulary_scripts(folder: Path) -> list[str]:
     return [s for s, n in sorted(counts.items(), key=lambda item: -item[1]) if n >= max(1, total // 100)]
 
 
-def _languages(metrics: dict[str, Any], run: dict[str, Any]) -> list[str] | None:
+def _languages(metrics: MetricsRecord, run: RunRecord) -> list[str] | None:
     """Languages, only where the run recorded them (`language` in metrics, run data or training settings)."""
-    for source in (metrics, run.get("data") or {}, run.get("training") or {}):
+    for source in (metrics.extra, run.data or {}, run.training or {}):
         value = source.get("language") if isinstance(source, dict) else None
         if value:
             return [value] if isinstance(value, str) else list(value)
@@ -259,9 +270,9 @@ def _tags(stack: str, *extra: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _architecture(metrics: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def _architecture(metrics: MetricsRecord, config: dict[str, Any]) -> dict[str, Any]:
     # config.json says `mixer_types` (`layer_types` in folders written before 0.2).
-    layer_types = metrics.get("layer_types") or config.get("mixer_types") or config.get("layer_types") or []
+    layer_types = metrics.layer_types or config.get("mixer_types") or config.get("layer_types") or []
     stack = stack_name(layer_types)
     has_attention = any(t != "lstm" for t in layer_types)
     width = f"{_value(config.get('hidden_size'))}"
@@ -275,7 +286,7 @@ def _architecture(metrics: dict[str, Any], config: dict[str, Any]) -> dict[str, 
     return {
         "stack": stack,
         "stack_description": STACK_DESCRIPTIONS[stack],
-        "parameters": _fmt(metrics.get("parameters")),
+        "parameters": _fmt(metrics.parameters),
         "num_layers": len(layer_types),
         "layer_summary": ", ".join(layer_types) or "not recorded",
         "width": width,
@@ -297,7 +308,7 @@ def _recorded(value: Any) -> bool:
     return value is not None and value != "" and value != []
 
 
-def _pretraining_hyperparameters(training: dict[str, Any], metrics: dict[str, Any], block_size: Any) -> str:
+def _pretraining_hyperparameters(training: dict[str, Any], metrics: PretrainMetrics, block_size: Any) -> str:
     """The optimisation settings of a pretraining run, as one line; what the run did not record is left out."""
     get = training.get
     parts = []
@@ -316,8 +327,8 @@ def _pretraining_hyperparameters(training: dict[str, Any], metrics: dict[str, An
             batch += f" x {_value(block_size)} tokens"
         if _recorded(get("gradient_accumulation_steps")):
             batch += f" x {_value(get('gradient_accumulation_steps'))} accumulation steps"
-        if _recorded(metrics.get("processes")):
-            batch += f" x {_value(metrics.get('processes'))} processes"
+        if _recorded(metrics.processes):
+            batch += f" x {_value(metrics.processes)} processes"
         parts.append(batch)
     adam = [f"betas {get('adam_beta1')}, {get('adam_beta2')}"] if _recorded(get("adam_beta1")) and _recorded(
         get("adam_beta2")) else []
@@ -327,7 +338,7 @@ def _pretraining_hyperparameters(training: dict[str, Any], metrics: dict[str, An
     if _recorded(get("max_grad_norm")):
         parts.append(f"gradient clipping {_value(get('max_grad_norm'))}" if get("max_grad_norm") else
                      "no gradient clipping")
-    precision = metrics.get("mixed_precision") or get("mixed_precision")
+    precision = metrics.mixed_precision or get("mixed_precision")
     if _recorded(precision):
         parts.append(f"mixed precision {_value(precision)}")
     if _recorded(get("seed")):
@@ -335,23 +346,23 @@ def _pretraining_hyperparameters(training: dict[str, Any], metrics: dict[str, An
     return "; ".join(parts)
 
 
-def _render_pretrained(metrics, run, config, repo_id, folder) -> ModelCard:
-    training = run.get("training") or {}
-    data = run.get("data") or {}
+def _render_pretrained(metrics: PretrainMetrics, run: RunRecord, config, repo_id, folder) -> ModelCard:
+    training = run.training or {}
+    data = run.data or {}
     architecture = _architecture(metrics, config)
     model_name = repo_id.rsplit("/", 1)[-1]
     languages = _languages(metrics, run)
-    validation_name = _describe_data(metrics.get("validation_data") or data.get("validation"))
+    validation_name = _describe_data(metrics.validation_data or data.get("validation"))
 
     eval_results = []
     for metric_type, key, name in (("loss", "validation_loss", "validation loss (nats per token)"),
                                    ("perplexity", "validation_perplexity", "validation perplexity")):
-        if _is_number(metrics.get(key)):
+        if _is_number(getattr(metrics, key)):
             eval_results.append(EvalResult(
                 task_type="text-generation", task_name="Causal language modeling",
                 dataset_type=_dataset_type(training.get("dataset")), dataset_name=validation_name,
                 dataset_split=training.get("validation_split") or "validation",
-                metric_type=metric_type, metric_name=name, metric_value=metrics[key],
+                metric_type=metric_type, metric_name=name, metric_value=getattr(metrics, key),
             ))
     card_data = ModelCardData(
         language=languages,
@@ -364,8 +375,8 @@ def _render_pretrained(metrics, run, config, repo_id, folder) -> ModelCard:
         eval_results=eval_results or None,
     )
 
-    loss_history = [p for p in metrics.get("loss_history") or [] if isinstance(p, (list, tuple)) and len(p) == 2]
-    eval_history = [p for p in metrics.get("eval_history") or [] if isinstance(p, (list, tuple)) and len(p) == 2]
+    loss_history = [p for p in metrics.loss_history or [] if isinstance(p, (list, tuple)) and len(p) == 2]
+    eval_history = [p for p in metrics.eval_history or [] if isinstance(p, (list, tuple)) and len(p) == 2]
     block_size = training.get("block_size") or data.get("block_size")
     hyperparameters = _pretraining_hyperparameters(training, metrics, block_size)
     template = template_path(PRETRAINED_TEMPLATE)
@@ -377,19 +388,19 @@ def _render_pretrained(metrics, run, config, repo_id, folder) -> ModelCard:
         **architecture,
         **_tokenizer_section(folder, languages),
         block_size=_value(block_size),
-        train_data=_describe_data(metrics.get("train_data") or data.get("train")),
+        train_data=_describe_data(metrics.train_data or data.get("train")),
         validation_data=validation_name,
-        steps=_fmt(metrics.get("steps")),
-        stop_reason=_value(metrics.get("stop_reason")),
-        tokens_seen=_fmt(metrics.get("tokens_seen")),
+        steps=_fmt(metrics.steps),
+        stop_reason=_value(metrics.stop_reason),
+        tokens_seen=_fmt(metrics.tokens_seen),
         hyperparameters=hyperparameters,
         hardware=_hardware(metrics),
-        train_time=_duration(metrics.get("train_seconds")),
-        tokens_per_second=f"{metrics['tokens_per_second']:,.0f}" if _is_number(metrics.get("tokens_per_second"))
+        train_time=_duration(metrics.train_seconds),
+        tokens_per_second=f"{metrics.tokens_per_second:,.0f}" if _is_number(metrics.tokens_per_second)
         else "not recorded",
-        validation_loss=_fmt(metrics.get("validation_loss")),
-        validation_perplexity=f"{metrics['validation_perplexity']:.2f}"
-        if _is_number(metrics.get("validation_perplexity")) else "not recorded",
+        validation_loss=_fmt(metrics.validation_loss),
+        validation_perplexity=f"{metrics.validation_perplexity:.2f}"
+        if _is_number(metrics.validation_perplexity) else "not recorded",
         first_loss=_fmt(loss_history[0][1]) if loss_history else "",
         first_loss_step=_fmt(loss_history[0][0]) if loss_history else "",
         last_loss=_fmt(loss_history[-1][1]) if loss_history else "",
@@ -399,19 +410,19 @@ def _render_pretrained(metrics, run, config, repo_id, folder) -> ModelCard:
     return card
 
 
-def _render_finetuned(metrics, run, config, repo_id, folder) -> ModelCard:
-    task = metrics["task"]
+def _render_finetuned(metrics: FinetuneMetrics, run: RunRecord, config, repo_id, folder) -> ModelCard:
+    task = metrics.task
     if task not in TASKS:
         raise ValueError(f"unknown fine-tuning task {task!r} in metrics.json; allowed: {sorted(TASKS)}")
     auto_class, task_phrase = TASKS[task]
-    training = run.get("training") or {}
-    lora = run.get("lora") or None
+    training = run.training or {}
+    lora = getattr(run, "lora", None) or None
     architecture = _architecture(metrics, config)
     model_name = repo_id.rsplit("/", 1)[-1]
     languages = _languages(metrics, run)
-    base_model = metrics.get("base_model")
-    dataset = metrics.get("dataset")
-    validation_name = _describe_data(metrics.get("validation_data") or "validation split")
+    base_model = metrics.base_model
+    dataset = metrics.dataset
+    validation_name = _describe_data(metrics.validation_data or "validation split")
 
     is_adapter = folder is not None and is_adapter_folder(folder)
     scores = evaluation_scores(metrics)
@@ -468,23 +479,24 @@ def _render_finetuned(metrics, run, config, repo_id, folder) -> ModelCard:
         uses_lora=bool(lora),
         is_adapter=is_adapter,
         hardware=_hardware(metrics),
-        train_time=_duration(metrics.get("train_seconds")),
+        train_time=_duration(metrics.train_seconds),
         scores=[(_metric_label(name), _fmt(value)) for name, value in scores.items()],
     )
     return card
 
 
 def render_model_card(
-    metrics: dict[str, Any],
-    run: dict[str, Any],
+    metrics: MetricsRecord | dict[str, Any],
+    run: RunRecord | dict[str, Any] | None,
     config: dict[str, Any],
     repo_id: str,
     folder: str | Path | None = None,
 ) -> ModelCard:
-    """The card for a pretraining or a fine-tuning run (told apart by `task` in the metrics)."""
-    run = run or {}
+    """The card for a pretraining or a fine-tuning run (the records, or their JSON as dicts)."""
+    metrics = metrics_from_dict(metrics)
+    run = run_from_dict(run or {}, finetuning=metrics.is_finetuning)
     folder = Path(folder) if folder is not None else None
-    if is_finetuning_run(metrics):
+    if metrics.is_finetuning:
         return _render_finetuned(metrics, run, config, repo_id, folder)
     return _render_pretrained(metrics, run, config, repo_id, folder)
 
@@ -504,7 +516,8 @@ def is_adapter_folder(folder: str | Path) -> bool:
     return (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
 
 
-def model_config(folder: str | Path, metrics: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+def model_config(folder: str | Path, metrics: MetricsRecord | dict[str, Any],
+                 run: RunRecord | dict[str, Any]) -> dict[str, Any]:
     """config.json of the model in `folder`; for an adapter folder, that of its base model where it is on this
     machine (else empty: the card then leaves the sizes out)."""
     folder = Path(folder)
@@ -513,7 +526,9 @@ def model_config(folder: str | Path, metrics: dict[str, Any], run: dict[str, Any
         return json.loads(path.read_text(encoding="utf-8"))
     if not is_adapter_folder(folder):
         raise FileNotFoundError(f"{path} is missing: save the model there before writing its card")
-    candidates = [(run.get("lora") or {}).get("base_model_path"), metrics.get("base_model")]
+    metrics = metrics_from_dict(metrics)
+    run = run_from_dict(run or {}, finetuning=metrics.is_finetuning)
+    candidates = [(getattr(run, "lora", None) or {}).get("base_model_path"), getattr(metrics, "base_model", None)]
     try:
         adapter = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
         candidates.append(adapter.get("base_model_name_or_path"))
@@ -526,39 +541,31 @@ def model_config(folder: str | Path, metrics: dict[str, Any], run: dict[str, Any
 
 
 def write_model_card(
-    folder: str | Path, metrics: dict[str, Any], run: dict[str, Any], repo_id: str | None = None
+    folder: str | Path, metrics: MetricsRecord | dict[str, Any], run: RunRecord | dict[str, Any] | None,
+    repo_id: str | None = None,
 ) -> Path:
     """Render the card for the model in `folder` (its config.json and tokenizer) and write it as
     folder/README.md. `repo_id` (`org/name`) goes into the loading examples; by default the folder's name."""
     folder = Path(folder)
     config = model_config(folder, metrics, run or {})
     card = render_model_card(metrics, run, config, repo_id or default_repo_id(folder), folder)
-    path = folder / "README.md"
-    temporary = folder / ".README.md.tmp"
-    card.save(temporary)
-    os.replace(temporary, path)
-    return path
+    return write_text_atomic(folder / "README.md", str(card))
 
 
-def read_run_files(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_run_files(folder: str | Path) -> tuple[MetricsRecord, RunRecord]:
     """metrics.json and run.json of a model folder; FileNotFoundError naming what is missing."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
-    needed = ("metrics.json", "run.json") + (() if is_adapter_folder(folder) else ("config.json",))
+    needed = (METRICS_FILE, RUN_FILE) + (() if is_adapter_folder(folder) else ("config.json",))
     missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(
             f"{folder} lacks {', '.join(missing)}: a card is rendered from the run's own files (written by "
             "`yuyan pretrain` / `yuyan finetune`)"
         )
-    loaded = []
-    for name in ("metrics.json", "run.json"):
-        try:
-            loaded.append(json.loads((folder / name).read_text(encoding="utf-8")))
-        except ValueError as error:
-            raise ValueError(f"{folder / name} is not valid JSON: {error}") from None
-    return loaded[0], loaded[1]
+    metrics = read_metrics(folder)
+    return metrics, read_run(folder, finetuning=metrics.is_finetuning)
 
 
 def render_card_for_folder(folder: str | Path, repo_id: str | None = None) -> Path:
@@ -595,7 +602,6 @@ __all__ = [
     "evaluation_scores",
     "is_adapter_folder",
     "model_config",
-    "is_finetuning_run",
     "read_run_files",
     "render_card_for_folder",
     "render_model_card",

@@ -36,11 +36,12 @@ from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, s
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from yuyan.files import move_into, publish_folder, staging_dir, write_json_atomic
 from yuyan.modeling import PRESETS, YuyanConfig, YuyanForCausalLM
 from yuyan.training.data import TextSource, load_documents, split_validation, tokenize_and_pack
 from yuyan.training.distributed import main_process_first, on_every_process, on_main_process
+from yuyan.training.records import METRICS_FILE, RUN_FILE, PretrainMetrics, PretrainRun, metrics_from_dict, read_run
 
-RUN_FILE = "run.json"
 STATE_FILE = "trainer_state.json"
 CHECKPOINTS = "checkpoints"
 # A time budget fixes the run's step count from the measured step time: the first steps after a (re)start are
@@ -131,35 +132,61 @@ class PretrainArguments:
 # -------------------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class ModelSettings:
+    """The run's model: the settings as asked for (`requested`: `preset` and `YuyanConfig` fields; run.json records
+    them and a resume must match them) and the `YuyanConfig` they resolve to, built once, here. The run's tokenizer
+    then sets its vocabulary size and special ids on that same config (`adopt_tokenizer`)."""
+
+    requested: dict[str, Any]
+    config: YuyanConfig
+
+    @classmethod
+    def resolve(cls, requested: dict[str, Any]) -> ModelSettings:
+        values = dict(requested)
+        preset = values.pop("preset", None)
+        config = YuyanConfig.from_preset(preset, **values) if preset is not None else YuyanConfig(**values)
+        return cls(dict(requested), config)
+
+    def adopt_tokenizer(self, tokenizer) -> YuyanConfig:
+        """The config with the tokenizer's vocabulary size and special ids (bos falls back to eos)."""
+        config = self.config
+        config.vocab_size = len(tokenizer)
+        config.pad_token_id = tokenizer.pad_token_id
+        config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+        config.validate_token_ids()
+        return config
+
+
+def _read_config_file(config: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model values, training values) of `--config`: a preset name or a YAML file."""
+    if config in PRESETS:
+        return {"preset": config}, {}
+    path = Path(config)
+    if not path.is_file():
+        raise ValueError(f"--config {config!r} is neither a YAML file nor a preset; presets: {sorted(PRESETS)}.")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from None
+    unknown = set(loaded) - {"model", "training"}
+    if unknown or not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected the sections 'model' and 'training', found {sorted(loaded)}.")
+    return dict(loaded.get("model") or {}), dict(loaded.get("training") or {})
+
+
 def resolve_config(
     config: str | None, overrides: dict[str, Any] | None = None, training: dict[str, Any] | None = None
-) -> tuple[dict[str, Any], PretrainArguments]:
-    """(model config values, training arguments) from a YAML file or a preset name, then overrides.
+) -> tuple[ModelSettings, PretrainArguments]:
+    """(the model, training arguments) from a YAML file or a preset name, then overrides.
 
     The YAML file has a `model:` section (`preset:` and/or any `YuyanConfig` field) and a `training:` section
     (any `PretrainArguments` field). `overrides` are `model.FIELD` / `FIELD` = value pairs (`--set`); `training`
-    holds the values of explicit command-line flags, which win over the file.
+    holds the values of explicit command-line flags, which win over the file. Every setting is checked here, the
+    model's by building its `YuyanConfig`.
     """
-    model_values: dict[str, Any] = {}
-    training_values: dict[str, Any] = {}
-    if config is None:
-        model_values = {"preset": "tiny-hybrid"}
-    elif config in PRESETS:
-        model_values = {"preset": config}
-    else:
-        path = Path(config)
-        if not path.is_file():
-            raise ValueError(f"--config {config!r} is neither a YAML file nor a preset; presets: {sorted(PRESETS)}.")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path} is not valid YAML: {error}") from None
-        unknown = set(loaded) - {"model", "training"}
-        if unknown or not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected the sections 'model' and 'training', found {sorted(loaded)}.")
-        model_values = dict(loaded.get("model") or {})
-        training_values = dict(loaded.get("training") or {})
-
+    model_values, training_values = _read_config_file(config) if config is not None else ({"preset": "tiny-hybrid"}, {})
     known_training = {f.name for f in fields(PretrainArguments)}
     for key, value in (overrides or {}).items():
         if key.startswith("model."):
@@ -175,20 +202,7 @@ def resolve_config(
         raise ValueError(f"unknown training settings {sorted(unknown)}; allowed: {sorted(known_training)}.")
     arguments = PretrainArguments(**training_values)
     arguments.validate()
-    return model_values, arguments
-
-
-def build_model_config(model_values: dict[str, Any], tokenizer) -> YuyanConfig:
-    """The YuyanConfig of the run: preset + fields, with the vocabulary and special ids of the tokenizer."""
-    values = dict(model_values)
-    preset = values.pop("preset", None)
-    values.update(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return YuyanConfig.from_preset(preset, **values) if preset else YuyanConfig(**values)
+    return ModelSettings.resolve(model_values), arguments
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -264,12 +278,6 @@ def checkpoint_dirs(output: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).exists())
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def measured_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
@@ -446,18 +454,18 @@ def make_muon_optimizer(model: torch.nn.Module, args: PretrainArguments) -> Comb
 # -------------------------------------------------------------------------------------------------------------
 
 
-def prepare_output(output: Path, run_record: dict, args: PretrainArguments) -> Path | None:
+def prepare_output(output: Path, run: PretrainRun, args: PretrainArguments) -> Path | None:
     """Check the output folder before any work; return the checkpoint to resume from (or None)."""
     existing = output / RUN_FILE
     if args.resume:
         if not existing.exists():
             raise ValueError(f"--resume: {output} holds no run to resume ({RUN_FILE} missing).")
-        previous = json.loads(existing.read_text())
-        for key in ("model", "data"):
-            if previous.get(key) != run_record.get(key):
-                raise ValueError(
-                    f"--resume: the {key} settings differ from the run in {output}; resume with the same settings."
-                )
+        previous = read_run(output)
+        differs = "model" if previous.is_finetuning else previous.same_setup(run)
+        if differs:
+            raise ValueError(
+                f"--resume: the {differs} settings differ from the run in {output}; resume with the same settings."
+            )
         if args.resume == "latest":
             complete = checkpoint_dirs(output)
             if not complete:
@@ -505,15 +513,8 @@ def obtain_tokenizer(args: PretrainArguments, source: TextSource, vocab_size: in
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def pretrain(
-    args: PretrainArguments, model_values: dict[str, Any], accelerator: Accelerator | None = None,
-    clock=time.perf_counter,
-) -> dict[str, Any]:
-    """Run (or resume) a pretraining run; returns the final metrics. See the module docstring for the layout.
-
-    `clock` (seconds, monotonic) measures the training time that `max_minutes` budgets; tests pass a fake one.
-    """
-    output = Path(args.output)
+def data_sources(args: PretrainArguments) -> tuple[TextSource, TextSource | None]:
+    """The training text and, when given apart, the validation text."""
     source = TextSource(
         files=args.data, dataset=args.dataset, dataset_config=args.dataset_config, split=args.split,
         text_column=args.text_column, streaming=args.streaming, txt_split=args.txt_split,
@@ -527,40 +528,41 @@ def pretrain(
             dataset=args.dataset, dataset_config=args.dataset_config, split=args.validation_split,
             text_column=args.text_column, streaming=args.streaming,
         )
+    return source, validation_source
 
-    # Everything that can be wrong with the settings is checked before any data or model work.
-    preset = model_values.get("preset")
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; allowed: {sorted(PRESETS)}.")
-    probe = YuyanConfig.from_preset(preset, **{k: v for k, v in model_values.items() if k != "preset"}) if preset else (
-        YuyanConfig(**model_values)
-    )
-    if probe.num_attention_layers and args.block_size > probe.max_position_embeddings:
+
+def new_run_record(args: PretrainArguments, model: ModelSettings, source: TextSource,
+                   validation_source: TextSource | None) -> PretrainRun:
+    """run.json: what a resume must match (model and data) and every training setting."""
+    config = model.config
+    if config.has_attention and args.block_size > config.max_position_embeddings:
         raise ValueError(
             f"block_size={args.block_size} is beyond the model's max_position_embeddings="
-            f"{probe.max_position_embeddings}: lower --block-size or raise model.max_position_embeddings."
+            f"{config.max_position_embeddings}: lower --block-size or raise model.max_position_embeddings."
         )
-    run_record = {
-        "model": model_values,
-        "data": {"train": source.description, "validation": validation_source.description if validation_source else
-                 f"every {max(2, round(1 / args.validation_fraction))}th document of the training data",
-                 "block_size": args.block_size, "tokenizer": args.tokenizer, "seed": args.seed},
-        "training": asdict(args),
-    }
+    validation = validation_source.description if validation_source else (
+        f"every {max(2, round(1 / args.validation_fraction))}th document of the training data")
+    data = {"train": source.description, "validation": validation, "block_size": args.block_size,
+            "tokenizer": args.tokenizer, "seed": args.seed}
     if args.txt_split != "paragraph":  # recorded only when set, so that runs from before the option still resume
-        run_record["data"]["txt_split"] = args.txt_split
+        data["txt_split"] = args.txt_split
+    return PretrainRun(model=model.requested, data=data, training=asdict(args))
 
+
+def make_accelerator(args: PretrainArguments, output: Path) -> Accelerator:
     # Launched as several processes (accelerate launch / torchrun) on a machine without GPUs: Accelerate only
     # sets up CPU data parallelism (gloo) when told `cpu=True`.
     cpu_only = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = accelerator or Accelerator(
+    return Accelerator(
         cpu=cpu_only,
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
     )
-    is_main = accelerator.is_main_process
+
+
+def check_launch(accelerator: Accelerator) -> None:
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and (
         accelerator.distributed_type != DistributedType.FSDP
     ):
@@ -571,30 +573,28 @@ def pretrain(
             "runs FSDP only on GPUs (or other accelerators), not on CPU processes. On CPUs launch data-parallel "
             "with configs/accelerate/cpu-2-processes.yaml instead."
         )
-    # The documents first: a missing column or an unreadable file is reported before the output is touched. Work
-    # done by the main process alone (or first) goes through `on_main_process` / `main_process_first`, so that
-    # its error stops every process instead of leaving them at a barrier.
-    documents, validation_documents = main_process_first(
-        accelerator, lambda: (load_documents(source),
-                              load_documents(validation_source) if validation_source is not None else None)
-    )
+
+
+def open_output(accelerator: Accelerator, output: Path, run: PretrainRun, args: PretrainArguments) -> Path | None:
+    """Check (and on a new run, clear) the output folder and write run.json; the checkpoint to resume from."""
 
     def start_output() -> Path | None:
-        checkpoint = prepare_output(output, run_record, args)
+        checkpoint = prepare_output(output, run, args)
         output.mkdir(parents=True, exist_ok=True)
         if not checkpoint:
-            write_json_atomic(output / RUN_FILE, run_record)
+            run.write(output)
         return checkpoint
 
     resume_from = on_main_process(accelerator, start_output)
-    if not is_main and args.resume:
+    if not accelerator.is_main_process and args.resume:
         resume_from = checkpoint_dirs(output)[-1] if args.resume == "latest" else Path(args.resume)
     output.mkdir(parents=True, exist_ok=True)
+    return resume_from
 
-    # Tokenizer (trained on the data when none is given), then the data pipeline.
-    tokenizer = obtain_tokenizer(args, source, probe.vocab_size, output, accelerator)
-    config = build_model_config(model_values, tokenizer)
 
+def pack_blocks(args: PretrainArguments, accelerator: Accelerator, tokenizer, documents, validation_documents):
+    """Training and validation blocks of `block_size` tokens (the validation share split off when no validation
+    text was given)."""
     if validation_documents is not None:
         train_documents = documents
     else:
@@ -614,35 +614,24 @@ def pretrain(
                 f"the validation data gives no complete block of {args.block_size} tokens: give more validation text, "
                 "raise --validation-fraction or lower --block-size."
             )
+    return train_blocks, validation_blocks
 
-    set_seed(args.seed)
-    model = YuyanForCausalLM(config)
-    optimizer = make_optimizer(model, args)
 
+def make_loaders(args: PretrainArguments, train_blocks, validation_blocks) -> tuple[DataLoader, DataLoader]:
     if args.streaming:
         train_loader = DataLoader(train_blocks.with_format("torch"), batch_size=args.batch_size, collate_fn=collate_blocks)
-        steps_per_epoch = None
     else:
         sampler = EpochShuffleSampler(len(train_blocks), args.seed)
         train_loader = DataLoader(
             train_blocks, batch_size=args.batch_size, sampler=sampler, collate_fn=collate_blocks, drop_last=True
         )
-    validation_loader = DataLoader(validation_blocks, batch_size=args.batch_size, collate_fn=collate_blocks)
-    model, optimizer, train_loader, validation_loader = accelerator.prepare(
-        model, optimizer, train_loader, validation_loader
-    )
-    if not args.streaming:
-        steps_per_epoch = len(train_loader) // args.gradient_accumulation_steps
-        if steps_per_epoch == 0:
-            raise ValueError(
-                f"one epoch has {len(train_blocks)} blocks: fewer than one optimizer step of "
-                f"{args.batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}; "
-                "lower --batch-size or give more data."
-            )
+    return train_loader, DataLoader(validation_blocks, batch_size=args.batch_size, collate_fn=collate_blocks)
 
-    tokens_per_step = args.block_size * args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-    # Budgets known in steps from the start; one epoch when there is no budget at all. A time budget alone trains
-    # as many epochs as fit: its step count is fixed once the step time has been measured (`plan_time_budget`).
+
+def initial_state(args: PretrainArguments, steps_per_epoch: int | None, tokens_per_step: int) -> dict[str, Any]:
+    """The run's state (checkpointed as trainer_state.json) with its schedule plan. Budgets known in steps from
+    the start fix the plan now; one epoch when there is no budget at all. A time budget alone trains as many
+    epochs as fit: its step count is fixed once the step time has been measured (`PretrainLoop.plan_time_budget`)."""
     step_budgets = {}
     if args.max_steps:
         step_budgets["max_steps"] = args.max_steps
@@ -654,60 +643,209 @@ def pretrain(
     plan = new_schedule_plan(min(args.warmup_steps, max(1, known_steps // 10)) if known_steps else args.warmup_steps)
     if known_steps:
         fix_schedule(plan, known_steps, 0, known_by, args.min_learning_rate_ratio)
-    # With a time budget the plan is provisional until the step time is measured (`plan_time_budget`).
+    # With a time budget the plan is provisional until the step time is measured.
     plan["time_budget_pending"] = bool(args.max_minutes)
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "tokens_seen": 0, "train_seconds": 0.0,
-             "loss_history": [], "eval_history": [], "time_history": [], "schedule": plan}
-    # The schedule reads the plan from `state`, which a resume replaces with the checkpoint's: the run goes on
-    # with the step count fixed before the interruption, whatever the clock says now.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: schedule_factor(step, state["schedule"], args.min_learning_rate_ratio)
+    return {"step": 0, "epoch": 0, "batches_in_epoch": 0, "tokens_seen": 0, "train_seconds": 0.0,
+            "loss_history": [], "eval_history": [], "time_history": [], "schedule": plan}
+
+
+def pretrain(
+    args: PretrainArguments, model: ModelSettings | dict[str, Any], accelerator: Accelerator | None = None,
+    clock=time.perf_counter,
+) -> dict[str, Any]:
+    """Run (or resume) a pretraining run; returns the final metrics (metrics.json). See the module docstring for
+    the layout. `model`: from `resolve_config`, or the model settings as a dict (`{"preset": ..., field: ...}`).
+
+    `clock` (seconds, monotonic) measures the training time that `max_minutes` budgets; tests pass a fake one.
+    """
+    # Setup: every setting is checked before any data or model work; then data, output folder, tokenizer.
+    output = Path(args.output)
+    model = model if isinstance(model, ModelSettings) else ModelSettings.resolve(model)
+    source, validation_source = data_sources(args)
+    run = new_run_record(args, model, source, validation_source)
+    accelerator = accelerator or make_accelerator(args, output)
+    check_launch(accelerator)
+    # The documents first: a missing column or an unreadable file is reported before the output is touched. Work
+    # done by the main process alone (or first) goes through `on_main_process` / `main_process_first`, so that
+    # its error stops every process instead of leaving them at a barrier.
+    documents, validation_documents = main_process_first(
+        accelerator, lambda: (load_documents(source),
+                              load_documents(validation_source) if validation_source is not None else None)
     )
-    accelerator.register_for_checkpointing(scheduler)
+    resume_from = open_output(accelerator, output, run, args)
+    tokenizer = obtain_tokenizer(args, source, model.config.vocab_size, output, accelerator)
+    config = model.adopt_tokenizer(tokenizer)
+    train_blocks, validation_blocks = pack_blocks(args, accelerator, tokenizer, documents, validation_documents)
 
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state.update(json.loads((resume_from / STATE_FILE).read_text()))
-        accelerator.print(f"Resumed from {resume_from} at step {state['step']}.")
+    set_seed(args.seed)
+    loop = PretrainLoop(args, accelerator, YuyanForCausalLM(config), *make_loaders(args, train_blocks, validation_blocks),
+                        output, clock)
+    loop.resume(resume_from)
+    # Fit, evaluate, save.
+    stop_reason = loop.fit()
+    metrics = loop.final_metrics(stop_reason, run).to_dict()
+    loop.save(tokenizer, metrics, run)
+    return metrics
 
-    if args.report_to != "none":
-        accelerator.init_trackers("yuyan-pretrain", config={k: v for k, v in asdict(args).items()
-                                                             if isinstance(v, (int, float, str, bool))})
 
-    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision, torch.float32)
-    peak = (args.peak_tflops * 1e12) if args.peak_tflops else measured_peak_flops(accelerator.device, compute_dtype)
-    flops_per_token = training_flops_per_token(config, args.block_size)
+class PretrainLoop:
+    """The model, optimizer, schedule and data of one run, and the loop over them: `fit` reads top to bottom, one
+    optimizer step at a time; what happens around a step (time-budget measurement, logging, evaluation, stopping,
+    checkpoints) is one method each. `state` is what a checkpoint saves beside Accelerate's own state."""
 
-    def save_checkpoint() -> None:
-        root = output / CHECKPOINTS
-        final = root / f"step-{state['step']:07d}"
-        temporary = root / f".step-{state['step']:07d}.tmp"
-        on_main_process(accelerator, lambda: shutil.rmtree(temporary, ignore_errors=True))
-        # Every process writes its own RNG state into the folder: it is complete only when all have finished.
-        on_every_process(accelerator, accelerator.save_state, str(temporary))
+    def __init__(self, args: PretrainArguments, accelerator: Accelerator, model: YuyanForCausalLM,
+                 train_loader: DataLoader, validation_loader: DataLoader, output: Path, clock):
+        self.args, self.accelerator, self.output, self.clock = args, accelerator, output, clock
+        self.config = model.config
+        optimizer = make_optimizer(model, args)
+        self.model, self.optimizer, self.train_loader, self.validation_loader = accelerator.prepare(
+            model, optimizer, train_loader, validation_loader
+        )
+        steps_per_epoch = None
+        if not args.streaming:
+            steps_per_epoch = len(self.train_loader) // args.gradient_accumulation_steps
+            if steps_per_epoch == 0:
+                raise ValueError(
+                    f"one epoch has {len(train_loader.dataset)} blocks: fewer than one optimizer step of "
+                    f"{args.batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}; "
+                    "lower --batch-size or give more data."
+                )
+        self.tokens_per_step = (args.block_size * args.batch_size * args.gradient_accumulation_steps
+                                * accelerator.num_processes)
+        self.state = initial_state(args, steps_per_epoch, self.tokens_per_step)
+        # The schedule reads the plan from `state`, which a resume replaces with the checkpoint's: the run goes on
+        # with the step count fixed before the interruption, whatever the clock says now.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: schedule_factor(step, self.state["schedule"], args.min_learning_rate_ratio)
+        )
+        accelerator.register_for_checkpointing(self.scheduler)
 
-        def publish() -> None:
-            write_json_atomic(temporary / STATE_FILE, state)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(temporary, final)  # the checkpoint appears whole or not at all
-            for old in checkpoint_dirs(output)[: -args.save_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+    def resume(self, checkpoint: Path | None) -> None:
+        """Load a checkpoint (when resuming), start the trackers and measure the device's peak for MFU."""
+        args, accelerator = self.args, self.accelerator
+        if checkpoint is not None:
+            accelerator.load_state(str(checkpoint))
+            self.state.update(json.loads((checkpoint / STATE_FILE).read_text()))
+            accelerator.print(f"Resumed from {checkpoint} at step {self.state['step']}.")
+        if args.report_to != "none":
+            accelerator.init_trackers("yuyan-pretrain", config={k: v for k, v in asdict(args).items()
+                                                                 if isinstance(v, (int, float, str, bool))})
+        compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision, torch.float32)
+        self.peak = (args.peak_tflops * 1e12) if args.peak_tflops else measured_peak_flops(accelerator.device,
+                                                                                           compute_dtype)
+        self.flops_per_token = training_flops_per_token(self.config, args.block_size)
 
-        on_main_process(accelerator, publish)
-
-    def planned_total() -> float:
-        total = state["schedule"]["total_steps"]
+    def planned_total(self) -> float:
+        total = self.state["schedule"]["total_steps"]
         return math.inf if total is None else total
 
-    def plan_time_budget(step_seconds: float) -> None:
+    def fit(self) -> str:
+        """Train until a budget (or the one epoch) is used up; returns why the run stopped."""
+        args, accelerator, state, clock = self.args, self.accelerator, self.state, self.clock
+        self.progress = tqdm(total=state["schedule"]["total_steps"], initial=state["step"], desc="Pretraining",
+                             disable=not accelerator.is_main_process, dynamic_ncols=True)
+        self.model.train()
+        self.started = clock() - state["train_seconds"]
+        self.window_start, self.window_tokens = clock(), 0
+        # Step times for the time budget: the first steps of a process (allocation, warm-up of kernels) are left out.
+        self.measured = {"skipped": 0, "steps": 0, "seconds": 0.0}
+        self.step_started = clock()
+        stop_reason = None
+        self.last_loss = torch.zeros((), device=accelerator.device)
+        while stop_reason is None and state["step"] < self.planned_total():
+            self.train_loader.set_epoch(state["epoch"])
+            loader = self.train_loader
+            if state["batches_in_epoch"]:
+                loader = accelerator.skip_first_batches(self.train_loader, state["batches_in_epoch"])
+            for batch in rng_neutral_iter(loader):
+                if not self.train_step(batch):
+                    continue  # gradients are still accumulating
+                stop_reason = self.after_step()
+                if stop_reason:
+                    break
+                self.step_started = clock()
+            else:
+                if args.streaming and state["batches_in_epoch"] == 0:
+                    raise ValueError("the training stream gave no complete batch.")
+                state["epoch"] += 1
+                state["batches_in_epoch"] = 0
+        self.progress.close()
+        return stop_reason or "epoch"
+
+    def train_step(self, batch) -> bool:
+        """Forward and backward on one micro-batch; True when it completed an optimizer step."""
+        args, accelerator, model, optimizer = self.args, self.accelerator, self.model, self.optimizer
+        with accelerator.accumulate(model):
+            loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        self.state["batches_in_epoch"] += 1
+        self.last_loss += loss.detach().float() / args.gradient_accumulation_steps
+        if not accelerator.sync_gradients:
+            return False
+        self.scheduler.step()
+        return True
+
+    def after_step(self) -> str | None:
+        """The bookkeeping of one optimizer step; the stop reason when the run ends with it."""
+        args, accelerator, state = self.args, self.accelerator, self.state
+        state["step"] += 1
+        state["tokens_seen"] += self.tokens_per_step
+        self.window_tokens += self.tokens_per_step
+        step_loss = accelerator.reduce(self.last_loss, "mean").item()
+        self.last_loss.zero_()
+        state["loss_history"].append([state["step"], round(step_loss, 6)])
+        now = self.clock()
+        state["train_seconds"] = now - self.started
+        self.progress.update(1)
+        if state["schedule"].get("time_budget_pending"):
+            self.measure_step(now)
+        if state["step"] % args.logging_steps == 0 or state["step"] == self.planned_total():
+            self.log_step(step_loss)
+        if state["step"] % args.eval_steps == 0 and state["step"] < self.planned_total():
+            self.evaluate_periodically()
+
+        out_of_time = bool(args.max_minutes) and state["train_seconds"] >= args.max_minutes * 60
+        if args.max_minutes and accelerator.num_processes > 1:
+            # Each process has its own clock: the main one decides, so that all stop at the same step.
+            out_of_time = bool(broadcast(torch.tensor([float(out_of_time)], device=accelerator.device)).item())
+        stop_reason = None
+        if state["step"] >= self.planned_total():
+            stop_reason = state["schedule"]["fixed_by"]
+        elif out_of_time:
+            stop_reason = "max_minutes"
+        if state["step"] % args.save_steps == 0 or stop_reason:
+            self.save_checkpoint()
+        return stop_reason
+
+    def measure_step(self, now: float) -> None:
+        """Time the step for the time budget; plan the budget once enough steps are timed."""
+        args, measured = self.args, self.measured
+        if measured["skipped"] < TIME_MEASURE_SKIP_STEPS:
+            measured["skipped"] += 1
+        else:
+            measured["steps"] += 1
+            measured["seconds"] += now - self.step_started
+        enough_time = min(TIME_MEASURE_SECONDS, TIME_MEASURE_SHARE * args.max_minutes * 60)
+        ready = measured["steps"] >= TIME_MEASURE_STEPS and measured["seconds"] >= enough_time
+        if self.accelerator.num_processes > 1:  # all processes plan at the same step (the plan is collective)
+            ready = bool(broadcast(torch.tensor([float(ready)], device=self.accelerator.device)).item())
+        if ready:
+            self.plan_time_budget(measured["seconds"] / max(1, measured["steps"]))
+
+    def plan_time_budget(self, step_seconds: float) -> None:
         """Fix the run's step count from the measured step time: the steps that fit in what is left of the time
         budget, less the periodic evaluations they bring (timed on one validation batch now), or the step budget
         if that is smaller. Processes agree on the slowest one's times, so all fix the same count."""
+        args, accelerator, state, clock = self.args, self.accelerator, self.state, self.clock
         eval_started = clock()
-        evaluate_loss(model, validation_loader, accelerator, max_batches=1)
+        evaluate_loss(self.model, self.validation_loader, accelerator, max_batches=1)
         eval_batch_seconds = clock() - eval_started
         try:
-            eval_batches = len(validation_loader)
+            eval_batches = len(self.validation_loader)
         except TypeError:  # a streamed validation set has no length
             eval_batches = args.eval_batches or 1
         if args.eval_batches:
@@ -723,164 +861,117 @@ def pretrain(
         if schedule["total_steps"] is None or time_steps < schedule["total_steps"]:
             fix_schedule(schedule, time_steps, state["step"] + 1, "max_minutes", args.min_learning_rate_ratio)
         schedule["time_budget_pending"] = False
-        state["schedule"]["measured_step_seconds"] = round(step_seconds, 6)
-        progress.total = state["schedule"]["total_steps"]
-        progress.refresh()
-        progress.write(
-            f"time budget: {step_seconds:.4f} s a step (measured over {measured['steps']} steps), "
+        schedule["measured_step_seconds"] = round(step_seconds, 6)
+        self.progress.total = schedule["total_steps"]
+        self.progress.refresh()
+        self.progress.write(
+            f"time budget: {step_seconds:.4f} s a step (measured over {self.measured['steps']} steps), "
             f"{eval_batch_seconds:.4f} s an evaluation batch: the run and its schedule end at step "
-            f"{state['schedule']['total_steps']} (set by {state['schedule']['fixed_by']})."
+            f"{schedule['total_steps']} (set by {schedule['fixed_by']})."
         )
 
-    progress = tqdm(total=state["schedule"]["total_steps"], initial=state["step"], desc="Pretraining",
-                    disable=not is_main, dynamic_ncols=True)
-    model.train()
-    started = clock() - state["train_seconds"]
-    window_start, window_tokens = clock(), 0
-    # Step times for the time budget: the first steps of a process (allocation, warm-up of kernels) are left out.
-    measured = {"skipped": 0, "steps": 0, "seconds": 0.0}
-    step_started = clock()
-    stop_reason = None
-    last_loss = torch.zeros((), device=accelerator.device)
-    while stop_reason is None and state["step"] < planned_total():
-        train_loader.set_epoch(state["epoch"])
-        loader = train_loader
-        if state["batches_in_epoch"]:
-            loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
-        for batch in rng_neutral_iter(loader):
-            with accelerator.accumulate(model):
-                loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state["batches_in_epoch"] += 1
-            last_loss += loss.detach().float() / args.gradient_accumulation_steps
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            state["step"] += 1
-            state["tokens_seen"] += tokens_per_step
-            window_tokens += tokens_per_step
-            step_loss = accelerator.reduce(last_loss, "mean").item()
-            last_loss.zero_()
-            state["loss_history"].append([state["step"], round(step_loss, 6)])
-            now = clock()
-            state["train_seconds"] = now - started
-            progress.update(1)
-            if state["schedule"].get("time_budget_pending"):
-                if measured["skipped"] < TIME_MEASURE_SKIP_STEPS:
-                    measured["skipped"] += 1
-                else:
-                    measured["steps"] += 1
-                    measured["seconds"] += now - step_started
-                enough_time = min(TIME_MEASURE_SECONDS, TIME_MEASURE_SHARE * args.max_minutes * 60)
-                ready = measured["steps"] >= TIME_MEASURE_STEPS and measured["seconds"] >= enough_time
-                if accelerator.num_processes > 1:  # all processes plan at the same step (the plan is collective)
-                    ready = bool(broadcast(torch.tensor([float(ready)], device=accelerator.device)).item())
-                if ready:
-                    plan_time_budget(measured["seconds"] / max(1, measured["steps"]))
+    def log_step(self, step_loss: float) -> None:
+        state, accelerator = self.state, self.accelerator
+        elapsed = self.clock() - self.window_start
+        tokens_per_second = self.window_tokens / max(elapsed, 1e-9)
+        metrics = {
+            "train/loss": step_loss,
+            "train/learning_rate": self.scheduler.get_last_lr()[0],
+            "train/tokens_per_second": tokens_per_second,
+            "train/mfu": tokens_per_second * self.flops_per_token / (self.peak * accelerator.num_processes),
+            "train/tokens_seen": state["tokens_seen"],
+        }
+        self.progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_second:,.0f}",
+                                  mfu=f"{metrics['train/mfu']:.0%}")
+        accelerator.log(metrics, step=state["step"])
+        state["time_history"].append([state["step"], round(state["train_seconds"], 3)])
+        self.window_start, self.window_tokens = self.clock(), 0
 
-            if state["step"] % args.logging_steps == 0 or state["step"] == planned_total():
-                elapsed = clock() - window_start
-                tokens_per_second = window_tokens / max(elapsed, 1e-9)
-                metrics = {
-                    "train/loss": step_loss,
-                    "train/learning_rate": scheduler.get_last_lr()[0],
-                    "train/tokens_per_second": tokens_per_second,
-                    "train/mfu": tokens_per_second * flops_per_token / (peak * accelerator.num_processes),
-                    "train/tokens_seen": state["tokens_seen"],
-                }
-                progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_second:,.0f}",
-                                     mfu=f"{metrics['train/mfu']:.0%}")
-                accelerator.log(metrics, step=state["step"])
-                state["time_history"].append([state["step"], round(state["train_seconds"], 3)])
-                window_start, window_tokens = clock(), 0
-            if state["step"] % args.eval_steps == 0 and state["step"] < planned_total():
-                result = evaluate_loss(model, validation_loader, accelerator, args.eval_batches)
-                state["eval_history"].append([state["step"], round(result["loss"], 6)])
-                accelerator.log({"eval/loss": result["loss"], "eval/perplexity": result["perplexity"]}, step=state["step"])
-                progress.write(f"step {state['step']}: validation loss {result['loss']:.4f}, "
-                               f"perplexity {result['perplexity']:.2f}")
-                window_start = clock()
+    def evaluate_periodically(self) -> None:
+        state = self.state
+        result = evaluate_loss(self.model, self.validation_loader, self.accelerator, self.args.eval_batches)
+        state["eval_history"].append([state["step"], round(result["loss"], 6)])
+        self.accelerator.log({"eval/loss": result["loss"], "eval/perplexity": result["perplexity"]},
+                             step=state["step"])
+        self.progress.write(f"step {state['step']}: validation loss {result['loss']:.4f}, "
+                            f"perplexity {result['perplexity']:.2f}")
+        self.window_start = self.clock()
 
-            out_of_time = bool(args.max_minutes) and state["train_seconds"] >= args.max_minutes * 60
-            if args.max_minutes and accelerator.num_processes > 1:
-                # Each process has its own clock: the main one decides, so that all stop at the same step.
-                out_of_time = bool(broadcast(torch.tensor([float(out_of_time)], device=accelerator.device)).item())
-            if state["step"] >= planned_total():
-                stop_reason = state["schedule"]["fixed_by"]
-            elif out_of_time:
-                stop_reason = "max_minutes"
-            if state["step"] % args.save_steps == 0 or stop_reason:
-                save_checkpoint()
-            if stop_reason:
-                break
-            step_started = clock()
-        else:
-            if args.streaming and state["batches_in_epoch"] == 0:
-                raise ValueError("the training stream gave no complete batch.")
-            state["epoch"] += 1
-            state["batches_in_epoch"] = 0
-    progress.close()
+    def save_checkpoint(self) -> None:
+        accelerator, state, root = self.accelerator, self.state, self.output / CHECKPOINTS
+        final = root / f"step-{state['step']:07d}"
+        temporary = root / f".step-{state['step']:07d}.tmp"
+        on_main_process(accelerator, lambda: shutil.rmtree(temporary, ignore_errors=True))
+        # Every process writes its own RNG state into the folder: it is complete only when all have finished.
+        on_every_process(accelerator, accelerator.save_state, str(temporary))
 
-    final = evaluate_loss(model, validation_loader, accelerator, None if not args.streaming else args.eval_batches)
-    train_seconds = state["train_seconds"]
-    metrics = {
-        "validation_loss": final["loss"],
-        "validation_perplexity": final["perplexity"],
-        "steps": state["step"],
-        "tokens_seen": state["tokens_seen"],
-        "train_seconds": round(train_seconds, 2),
-        "tokens_per_second": state["tokens_seen"] / max(train_seconds, 1e-9),
-        "stop_reason": stop_reason or "epoch",
-        "parameters": accelerator.unwrap_model(model).num_parameters(),
-        "layer_types": config.layer_types,
-        "processes": accelerator.num_processes,
-        "mixed_precision": args.mixed_precision,
-        "device": str(accelerator.device),
-        "hardware": platform.processor() or platform.machine(),
-        "loss_history": state["loss_history"],
-        "eval_history": state["eval_history"],
-        "time_history": state["time_history"],
-        "train_data": run_record["data"]["train"],
-        "validation_data": run_record["data"]["validation"],
-    }
-    accelerator.log({"eval/loss": final["loss"], "eval/perplexity": final["perplexity"]}, step=state["step"])
-    # Every process takes part in collecting the weights (FSDP gathers its shards); the main process writes them.
-    weights = accelerator.get_state_dict(model)
-    on_main_process(accelerator, save_final, accelerator.unwrap_model(model), tokenizer, output, metrics, run_record,
-                    weights)
-    # The data-parallel wrapper goes before the process group does. Otherwise the group is destroyed when the
-    # wrapper is, after this function returns, by a destructor that holds the GIL while it waits for gloo's worker
-    # threads, one of which may need the GIL to free the last collective's tensors: a deadlock (seen in CI).
-    # Destroyed by `end_training` instead, the group releases the GIL while it waits.
-    model = optimizer = scheduler = None
-    accelerator.free_memory()
-    accelerator.end_training()
-    return metrics
+        def publish() -> None:
+            write_json_atomic(temporary / STATE_FILE, state)
+            publish_folder(temporary, final)  # the checkpoint appears whole or not at all
+            for old in checkpoint_dirs(self.output)[: -self.args.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+
+        on_main_process(accelerator, publish)
+
+    def final_metrics(self, stop_reason: str, run: PretrainRun) -> PretrainMetrics:
+        """Evaluate on the whole validation set (a streamed one: `eval_batches`) and gather the run's numbers."""
+        args, accelerator, state = self.args, self.accelerator, self.state
+        final = evaluate_loss(self.model, self.validation_loader, accelerator,
+                              None if not args.streaming else args.eval_batches)
+        accelerator.log({"eval/loss": final["loss"], "eval/perplexity": final["perplexity"]}, step=state["step"])
+        train_seconds = state["train_seconds"]
+        return PretrainMetrics(
+            validation_loss=final["loss"],
+            validation_perplexity=final["perplexity"],
+            steps=state["step"],
+            tokens_seen=state["tokens_seen"],
+            train_seconds=round(train_seconds, 2),
+            tokens_per_second=state["tokens_seen"] / max(train_seconds, 1e-9),
+            stop_reason=stop_reason,
+            parameters=accelerator.unwrap_model(self.model).num_parameters(),
+            layer_types=self.config.layer_types,
+            processes=accelerator.num_processes,
+            mixed_precision=args.mixed_precision,
+            device=str(accelerator.device),
+            hardware=platform.processor() or platform.machine(),
+            loss_history=state["loss_history"],
+            eval_history=state["eval_history"],
+            time_history=state["time_history"],
+            train_data=run.data["train"],
+            validation_data=run.data["validation"],
+        )
+
+    def save(self, tokenizer, metrics: dict[str, Any], run: PretrainRun) -> None:
+        """Write the final model folder, then end the run."""
+        accelerator = self.accelerator
+        # Every process takes part in collecting the weights (FSDP gathers its shards); the main process writes them.
+        weights = accelerator.get_state_dict(self.model)
+        on_main_process(accelerator, save_final, accelerator.unwrap_model(self.model), tokenizer, self.output,
+                        metrics, run, weights)
+        # The data-parallel wrapper goes before the process group does. Otherwise the group is destroyed when the
+        # wrapper is, after `pretrain` returns, by a destructor that holds the GIL while it waits for gloo's worker
+        # threads, one of which may need the GIL to free the last collective's tensors: a deadlock (seen in CI).
+        # Destroyed by `end_training` instead, the group releases the GIL while it waits.
+        self.model = self.optimizer = self.scheduler = self.train_loader = self.validation_loader = None
+        accelerator.free_memory()
+        accelerator.end_training()
 
 
-def save_final(model, tokenizer, output: Path, metrics: dict, run_record: dict, state_dict: dict | None = None) -> None:
+def save_final(model, tokenizer, output: Path, metrics: dict | PretrainMetrics, run: dict | PretrainRun,
+               state_dict: dict | None = None) -> None:
     """Model, tokenizer, metrics and card into the output folder: written beside it first, then moved in file by
-    file with `os.replace`, so each file appears whole. `state_dict`: the full weights, when the model holds only
-    a shard of them (FSDP)."""
-    staging = output / ".final.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(staging, state_dict=state_dict)
-    tokenizer.save_pretrained(staging)
-    write_json_atomic(staging / "metrics.json", metrics)
+    file with `os.replace`, so each file appears whole, metrics.json last (its presence means the run finished).
+    `state_dict`: the full weights, when the model holds only a shard of them (FSDP)."""
     from yuyan.cards import write_model_card
 
-    write_model_card(staging, metrics=metrics, run=run_record)
-    for item in staging.iterdir():
-        target = output / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(item, target)
-    staging.rmdir()
+    metrics = metrics_from_dict(metrics if isinstance(metrics, PretrainMetrics) else dict(metrics))
+    with staging_dir(output, prefix=".final-") as staging:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(staging, state_dict=state_dict)
+        tokenizer.save_pretrained(staging)
+        metrics.write(staging)
+        write_model_card(staging, metrics=metrics, run=run)
+        move_into(staging, output, last=(METRICS_FILE,))
 
 
-__all__ = ["PretrainArguments", "pretrain", "resolve_config", "parse_overrides", "build_model_config"]
+__all__ = ["ModelSettings", "PretrainArguments", "pretrain", "resolve_config", "parse_overrides"]
