@@ -18,7 +18,8 @@ from huggingface_hub import ModelCard
 
 import yuyan  # noqa: F401  (registers the model: save_pretrained writes auto_map and copies the code)
 from yuyan import YuyanConfig, YuyanForCausalLM
-from yuyan.cards import TASKS, template_path, write_model_card
+from yuyan.cards import template_path, write_model_card
+from yuyan.training.tasks import TASKS, task_for_pipeline
 from yuyan.hub import add_card_command
 
 WORDS = ("the cat sat on a mat and the dog ran to see what was in the box while birds sang songs of summer rain "
@@ -203,7 +204,7 @@ def test_recorded_languages_go_into_the_metadata(model_folder):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("task", sorted(spec.pipeline_task for spec in TASKS.values()))
 def test_finetuning_card_holds_the_task_metrics(model_folder, task):
     config = json.loads((model_folder / "config.json").read_text())
     config["id2label"] = {"0": "NEGATIVE", "1": "POSITIVE"}
@@ -219,7 +220,7 @@ def test_finetuning_card_holds_the_task_metrics(model_folder, task):
     assert {r.task_type for r in card.data.eval_results} == {task}
     assert card.data.base_model == "yuyan-org/tiny-base"
     assert {"yuyan", "hybrid", "fine-tuned", task} <= set(card.data.tags) and "lora" not in card.data.tags
-    assert f'{TASKS[task][0]}.from_pretrained("yuyan-org/tiny-{task}", trust_remote_code=True)' in text
+    assert f'{task_for_pipeline(task).auto_class}.from_pretrained("yuyan-org/tiny-{task}", trust_remote_code=True)' in text
     assert "`learning_rate`: 5e-05" in text and "`seed`: 7" in text and "max_steps" not in text
     assert "train.jsonl" in text and "/data/private" not in text
     assert "31,586 parameters" in text and "6.9 minutes" in text

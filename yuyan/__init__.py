@@ -31,9 +31,9 @@ for _auto_name, _class_name in _modeling.AUTO_CLASS_NAMES.items():
     _model_class.register_for_auto_class(_auto_name)
 
 # transformers 5 removed `pipeline("question-answering")`; Yuyan registers its own so fine-tuned QA models work.
-from .training.tasks.question_answering import register_pipeline as _register_qa_pipeline  # noqa: E402
+from .pipelines import register_pipelines as _register_pipelines  # noqa: E402
 
-_register_qa_pipeline()
+_register_pipelines()
 
 
 def _register_peft_defaults() -> None:

@@ -42,18 +42,11 @@ from yuyan.training.records import (
     read_run,
     run_from_dict,
 )
+from yuyan.training.tasks import task_for_pipeline
 
 PRETRAINED_TEMPLATE = "yuyan.md"
 FINETUNED_TEMPLATE = "yuyan-finetuned.md"
 LICENSE = "apache-2.0"
-
-# Fine-tuning tasks: the Hub pipeline tag (the task itself), the Auto class that loads the model, and a phrase.
-TASKS = {
-    "text-classification": ("AutoModelForSequenceClassification", "text classification"),
-    "token-classification": ("AutoModelForTokenClassification", "token classification (tagging)"),
-    "question-answering": ("AutoModelForQuestionAnswering", "extractive question answering"),
-    "text-generation": ("AutoModelForCausalLM", "text generation"),
-}
 
 STACK_DESCRIPTIONS = {
     "lstm": "recurrent (LSTM)",
@@ -103,14 +96,22 @@ def template_path(name: str = PRETRAINED_TEMPLATE) -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _stack_config(layer_types: list[str]):
+    """A `YuyanConfig` of the layer stack alone (sizes left at their defaults), to ask it what the stack holds;
+    None when the stack was not recorded."""
+    from yuyan.modeling import YuyanConfig
+
+    if not layer_types:
+        return None
+    return YuyanConfig(mixer_types=list(layer_types), num_hidden_layers=len(layer_types))
+
+
 def stack_name(layer_types: list[str]) -> str:
-    """'lstm', 'attention' or 'hybrid', from a layer stack."""
-    kinds = set(layer_types or [])
-    if kinds == {"lstm"}:
-        return "lstm"
-    if kinds and "lstm" not in kinds:
-        return "attention"
-    return "hybrid"
+    """'lstm', 'attention' or 'hybrid', from a layer stack ('hybrid' when it was not recorded)."""
+    config = _stack_config(layer_types)
+    if config is None or (config.has_lstm and config.has_attention):
+        return "hybrid"
+    return "lstm" if config.has_lstm else "attention"
 
 
 def looks_like_hub_id(value: Any) -> bool:
@@ -274,7 +275,8 @@ def _architecture(metrics: MetricsRecord, config: dict[str, Any]) -> dict[str, A
     # config.json says `mixer_types` (`layer_types` in folders written before 0.2).
     layer_types = metrics.layer_types or config.get("mixer_types") or config.get("layer_types") or []
     stack = stack_name(layer_types)
-    has_attention = any(t != "lstm" for t in layer_types)
+    stack_config = _stack_config(layer_types)
+    has_attention = stack_config is not None and stack_config.has_attention
     width = f"{_value(config.get('hidden_size'))}"
     if has_attention:
         width += (f" (attention heads {_value(config.get('num_attention_heads'))}, key/value heads "
@@ -412,9 +414,8 @@ def _render_pretrained(metrics: PretrainMetrics, run: RunRecord, config, repo_id
 
 def _render_finetuned(metrics: FinetuneMetrics, run: RunRecord, config, repo_id, folder) -> ModelCard:
     task = metrics.task
-    if task not in TASKS:
-        raise ValueError(f"unknown fine-tuning task {task!r} in metrics.json; allowed: {sorted(TASKS)}")
-    auto_class, task_phrase = TASKS[task]
+    spec = task_for_pipeline(task)
+    auto_class, task_phrase = spec.auto_class, spec.phrase
     training = run.training or {}
     lora = getattr(run, "lora", None) or None
     architecture = _architecture(metrics, config)
@@ -453,7 +454,7 @@ def _render_finetuned(metrics: FinetuneMetrics, run: RunRecord, config, repo_id,
     lora_settings = [(key, _value(lora[key])) for key in LORA_SETTINGS if isinstance(lora, dict)
                      and lora.get(key) not in (None, "", [])]
     id2label = config.get("id2label") or {}
-    labels = [] if task in ("question-answering", "text-generation") else [
+    labels = [] if not spec.has_labels else [
         id2label[k] for k in sorted(id2label, key=lambda k: (0, int(k), "") if str(k).isdigit() else (1, 0, str(k)))
     ]
     base_is_path = isinstance(base_model, str) and not looks_like_hub_id(base_model)
@@ -596,7 +597,6 @@ def card_repo_id(folder: str | Path) -> str | None:
 
 
 __all__ = [
-    "TASKS",
     "card_repo_id",
     "default_repo_id",
     "evaluation_scores",

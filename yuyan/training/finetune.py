@@ -62,9 +62,7 @@ import dataclasses
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 import typing
 from dataclasses import asdict, dataclass, field
@@ -73,32 +71,11 @@ from typing import Any
 
 import torch
 
+from yuyan.files import move_into, staging_dir
 from yuyan.modeling import LORA_TARGET_MODULES
-from yuyan.training.tasks.question_answering import register_pipeline
+from yuyan.training.records import METRICS_FILE, FinetuneMetrics, FinetuneRun, read_run
+from yuyan.training.tasks import TASKS, Task, get_task
 
-register_pipeline()  # pipeline("question-answering") for the folders this module writes
-
-TASKS = {
-    "classification": "text-classification",
-    "token-classification": "token-classification",
-    "question-answering": "question-answering",
-    "text-generation": "text-generation",
-}
-TASK_ALIASES = {
-    "text-classification": "classification",
-    "sequence-classification": "classification",
-    "tagging": "token-classification",
-    "ner": "token-classification",
-    "qa": "question-answering",
-    "extractive-qa": "question-answering",
-    "generation": "text-generation",
-}
-DEFAULT_MAX_LENGTH = {
-    "classification": 256,
-    "token-classification": 256,
-    "question-answering": 384,
-    "text-generation": 512,
-}
 DEFAULT_LORA_TARGETS = list(LORA_TARGET_MODULES)
 # TrainingArguments defaults that suit a laptop CPU better than transformers' own; any flag overrides them.
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -107,8 +84,6 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "save_strategy": "epoch",
     "save_total_limit": 1,
 }
-METRICS_FILE = "metrics.json"
-RUN_FILE = "run.json"
 ADAPTER_DIR = "adapter"
 
 
@@ -306,11 +281,11 @@ def tokenization_with_pair_separator(tokenizer) -> bool:
     return True
 
 
-def resolve_max_length(task: str, requested: int | None, tokenizer, config) -> int:
+def resolve_max_length(task: Task, requested: int | None, tokenizer, config) -> int:
     positions = config.max_position_embeddings if config.has_attention else None
     limits = [limit for limit in (tokenizer.model_max_length, positions) if limit and limit < 10**8]
     if requested is None:
-        return int(min([DEFAULT_MAX_LENGTH[task], *limits]))
+        return int(min([task.default_max_length, *limits]))
     if requested < 8:
         raise ValueError(f"max_seq_length={requested} is too short")
     if positions is not None and requested > positions:
@@ -360,23 +335,6 @@ def apply_lora(model, lora_args: LoraArguments, peft_task_type: str, head_module
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _write_json(path: Path, data: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def _move_into(staging: Path, output: Path, last: tuple[str, ...] = ()) -> None:
-    """Move every entry of `staging` into `output` (replacing same-named ones), the names in `last` at the end."""
-    entries = sorted(staging.iterdir(), key=lambda entry: entry.name in last)
-    for entry in entries:
-        target = output / entry.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(entry, target)
-    staging.rmdir()
-
-
 def hardware_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -418,21 +376,8 @@ def write_card(output_dir: Path, metrics: dict, run: dict) -> None:
 
 
 def normalize_task(task: str) -> str:
-    name = TASK_ALIASES.get(task, task)
-    if name not in TASKS:
-        raise ValueError(f"unknown task {task!r}; the tasks are {', '.join(TASKS)}")
-    return name
-
-
-def _task_module(task: str):
-    from yuyan.training.tasks import classification, generation, question_answering, tagging
-
-    return {
-        "classification": classification,
-        "token-classification": tagging,
-        "question-answering": question_answering,
-        "text-generation": generation,
-    }[task]
+    """Our name of `task` (an alias such as `qa` or `ner` allowed); ValueError for an unknown one."""
+    return get_task(task).name
 
 
 def _check_output(output_dir: Path, overwrite: bool, resuming: bool) -> None:
@@ -494,25 +439,80 @@ def finetune(
     serve model selection (`load_best_model_at_end`) without the reported score choosing the model.
     `callbacks`: Trainer callbacks (e.g. `EarlyStoppingCallback`).
     """
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
-    from yuyan.modeling import YuyanConfig
-    from yuyan.training.tasks.data import limit, load_table
-
-    task = normalize_task(task)
+    # Setup: everything that can be wrong with the inputs is found before the model is loaded.
+    task_spec = get_task(task)
     data_args = _coerce(DataArguments, data_args, "data arguments")
     lora_args = _coerce(LoraArguments, lora_args, "LoRA arguments")
     output = Path(output_dir)
-    if isinstance(training_args, TrainingArguments):
-        training_args.output_dir = os.fspath(output)
-    else:
-        training_args = make_training_arguments(output, **(training_args or {}))
-    resume = training_args.resume_from_checkpoint
-    _check_output(output, overwrite, resume is not None)
+    training_args = _training_arguments(training_args, output)
+    _check_output(output, overwrite, training_args.resume_from_checkpoint is not None)
     if lora_args.merge and not lora_args.lora:
         raise ValueError("--merge merges a LoRA adapter: give --lora too")
+    inputs = prepare_inputs(task_spec, model, tokenizer, data_args, train_file, validation_file, test_file)
+    set_seed(training_args.seed)
+    task_model, parameters, targets = load_task_model(task_spec, inputs, lora_args, ignore_mismatched_sizes)
 
-    # Everything that can be wrong with the inputs is found here, before the model is loaded.
+    # Fit, evaluate, save.
+    trainer, train_seconds = fit(task_model, training_args, inputs, callbacks)
+    validation_metrics, test_metrics = evaluate(trainer, inputs)
+    metrics = FinetuneMetrics(
+        task=task_spec.pipeline_task,
+        base_model=str(model),
+        metrics=validation_metrics,
+        dataset=str(train_file),
+        validation_data=str(validation_file),
+        test_metrics=test_metrics,
+        test_data=str(test_file) if test_metrics is not None else None,
+        train_seconds=round(train_seconds, 3),
+        parameters=parameters,
+        layer_types=list(inputs.config.layer_types),
+        device=str(training_args.device),
+        hardware=hardware_name(training_args.device),
+    )
+    run = run_record(task_spec, trainer, inputs, data_args, lora_args, targets)
+    # Launched as several processes, each holds the same trained model: the main one writes the folder (several
+    # writers would replace each other's files while the card is rendered), and an error there stops them all.
+    from yuyan.training.distributed import on_main_process
+
+    on_main_process(trainer.accelerator, save_output, output, trainer.model, inputs.tokenizer, lora_args.lora,
+                    lora_args.merge, run, metrics)
+    return metrics.to_dict()
+
+
+@dataclass
+class FinetuneInputs:
+    """A fine-tuning run's checked inputs: the base model's path and config, the tokenizer, the examples and the
+    task recipe's setup of them (and of the test rows, when given)."""
+
+    model_path: str
+    config: Any
+    tokenizer: Any
+    max_length: int
+    train_file: str
+    validation_file: str
+    train_examples: int
+    validation_examples: int
+    setup: Any
+    test_setup: Any = None
+
+
+def _training_arguments(training_args: Any, output: Path):
+    from transformers import TrainingArguments
+
+    if isinstance(training_args, TrainingArguments):
+        training_args.output_dir = os.fspath(output)
+        return training_args
+    return make_training_arguments(output, **(training_args or {}))
+
+
+def prepare_inputs(task: Task, model: str, tokenizer: str | None, data_args: DataArguments, train_file,
+                   validation_file, test_file) -> FinetuneInputs:
+    """Check the model, load the tokenizer and the data, and let the task's recipe encode the examples."""
+    from yuyan.modeling import YuyanConfig
+    from yuyan.training.tasks.data import limit, load_table
+
     model_path = check_yuyan_model(model)
     config = YuyanConfig.from_pretrained(model_path)
     tokenizer_obj = load_tokenizer(tokenizer or model_path)
@@ -521,51 +521,66 @@ def finetune(
             f"the tokenizer has {len(tokenizer_obj)} tokens but the model only {config.vocab_size}: is it the "
             "model's own tokenizer?"
         )
-    if task == "question-answering" or (task == "classification" and data_args.text_pair_column):
+    if task.name == "question-answering" or (task.name == "classification" and data_args.text_pair_column):
         tokenization_with_pair_separator(tokenizer_obj)
     max_length = resolve_max_length(task, data_args.max_seq_length, tokenizer_obj, config)
     train = limit(load_table(train_file, data_args.delimiter), data_args.max_train_samples)
     validation = limit(load_table(validation_file, data_args.delimiter), data_args.max_eval_samples)
-    setup = _task_module(task).prepare(train, validation, tokenizer_obj, data_args, str(train_file),
-                                       str(validation_file), max_length)
+    setup = task.recipe.prepare(train, validation, tokenizer_obj, data_args, str(train_file), str(validation_file),
+                                max_length)
     test_setup = None
     if test_file is not None:
         # The same recipe with the test rows in the validation place: labels checked against the training set.
         test = limit(load_table(test_file, data_args.delimiter), data_args.max_eval_samples)
-        test_setup = _task_module(task).prepare(train, test, tokenizer_obj, data_args, str(train_file),
-                                                str(test_file), max_length)
+        test_setup = task.recipe.prepare(train, test, tokenizer_obj, data_args, str(train_file), str(test_file),
+                                         max_length)
+    return FinetuneInputs(model_path, config, tokenizer_obj, max_length, str(train_file), str(validation_file),
+                          len(train), len(validation), setup, test_setup)
 
-    set_seed(training_args.seed)
+
+def load_task_model(task: Task, inputs: FinetuneInputs, lora_args: LoraArguments, ignore_mismatched_sizes: bool):
+    """The base model with the task's head (LoRA-wrapped with `--lora`); (model, parameters, LoRA targets)."""
+    setup, config = inputs.setup, inputs.config
     config_updates = dict(setup.config_updates)
-    if config.pad_token_id is None and tokenizer_obj.pad_token_id is not None:
-        config_updates["pad_token_id"] = tokenizer_obj.pad_token_id
-    task_model = setup.model_class.from_pretrained(
-        model_path, dtype=torch.float32, ignore_mismatched_sizes=ignore_mismatched_sizes, **config_updates
+    if config.pad_token_id is None and inputs.tokenizer.pad_token_id is not None:
+        config_updates["pad_token_id"] = inputs.tokenizer.pad_token_id
+    task_model = task.model_class.from_pretrained(
+        inputs.model_path, dtype=torch.float32, ignore_mismatched_sizes=ignore_mismatched_sizes, **config_updates
     )
     if setup.prepare_model is not None:
         setup.prepare_model(task_model)
     parameters = _count_parameters(task_model)
     targets = None
     if lora_args.lora:
-        task_model, targets = apply_lora(task_model, lora_args, setup.peft_task_type, setup.head_modules)
+        task_model, targets = apply_lora(task_model, lora_args, task.peft_task_type, setup.head_modules)
+    return task_model, parameters, targets
 
+
+def fit(task_model, training_args, inputs: FinetuneInputs, callbacks: list | None):
+    """Train with the Trainer (resuming from a checkpoint when asked); (trainer, training seconds)."""
+    setup = inputs.setup
     trainer = _trainer_class(setup.loss_only_evaluation)(
         model=task_model,
         args=training_args,
         train_dataset=setup.train_dataset,
         eval_dataset=setup.eval_dataset,
         data_collator=setup.data_collator,
-        processing_class=tokenizer_obj,
+        processing_class=inputs.tokenizer,
         compute_metrics=setup.compute_metrics,
         preprocess_logits_for_metrics=setup.preprocess_logits_for_metrics,
         callbacks=callbacks,
     )
+    resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("latest", "true", "last"):
         resume = True
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
-    train_seconds = time.perf_counter() - start
+    return trainer, time.perf_counter() - start
 
+
+def evaluate(trainer, inputs: FinetuneInputs) -> tuple[dict[str, float], dict[str, float] | None]:
+    """Validation metrics (the Trainer's, then the recipe's final evaluation) and, with test data, test metrics."""
+    setup, test_setup = inputs.setup, inputs.test_setup
     validation_metrics = _validation_metrics(trainer.evaluate())
     if setup.final_evaluation is not None:
         validation_metrics.update(setup.final_evaluation(trainer))
@@ -576,105 +591,76 @@ def finetune(
         )
         if test_setup.final_evaluation is not None:
             test_metrics.update(test_setup.final_evaluation(trainer))
+    return validation_metrics, test_metrics
 
-    trained = trainer.model
-    metrics = {
-        "task": setup.pipeline_task,
-        "base_model": str(model),
-        "metrics": validation_metrics,
-        "dataset": str(train_file),
-        "validation_data": str(validation_file),
-        **({"test_metrics": test_metrics, "test_data": str(test_file)} if test_setup is not None else {}),
-        "train_seconds": round(train_seconds, 3),
-        "parameters": parameters,
-        "layer_types": list(config.layer_types),
-        "device": str(training_args.device),
-        "hardware": hardware_name(training_args.device),
-    }
-    run = {
-        "training": {**_training_record(training_args, trainer), "max_seq_length": max_length},
-        "lora": None,
-        "task": task,
-        "data": {
-            "train_file": str(train_file),
-            "validation_file": str(validation_file),
-            "train_examples": len(train),
-            "validation_examples": len(validation),
-            **setup.data_info,
+
+def run_record(task: Task, trainer, inputs: FinetuneInputs, data_args: DataArguments, lora_args: LoraArguments,
+               targets: list[str] | None) -> FinetuneRun:
+    """run.json: the Trainer settings, LoRA settings (peft's names, as the card shows them), task and data."""
+    run = FinetuneRun(
+        training={**_training_record(trainer.args, trainer), "max_seq_length": inputs.max_length},
+        lora=None,
+        task=task.name,
+        data={
+            "train_file": inputs.train_file,
+            "validation_file": inputs.validation_file,
+            "train_examples": inputs.train_examples,
+            "validation_examples": inputs.validation_examples,
+            **inputs.setup.data_info,
             "options": asdict(data_args),
         },
-    }
+    )
     if lora_args.lora:
-        # peft's names (LoraConfig), as the card shows them.
-        run["lora"] = {
+        run.lora = {
             "r": lora_args.lora_r,
             "lora_alpha": lora_args.lora_alpha,
             "lora_dropout": lora_args.lora_dropout,
             "target_modules": targets,
-            "modules_to_save": setup.head_modules,
+            "modules_to_save": inputs.setup.head_modules,
             "merged": lora_args.merge,
-            "trainable_parameters": _count_parameters(trained, trainable_only=True),
-            "base_model_path": model_path,
+            "trainable_parameters": _count_parameters(trainer.model, trainable_only=True),
+            "base_model_path": inputs.model_path,
         }
+    return run
 
-    def write_output() -> None:
-        output.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".finetune-", dir=output))
-        try:
-            from yuyan.tokenization import save_tokenizer
 
-            if lora_args.lora:
-                adapter_dir = staging / ADAPTER_DIR if lora_args.merge else staging
-                adapter_dir.mkdir(exist_ok=True)
-                trained.save_pretrained(str(adapter_dir), save_embedding_layers=False)
-                save_tokenizer(tokenizer_obj, adapter_dir, overwrite=True)
-                if lora_args.merge:
-                    _write_json(adapter_dir / RUN_FILE, run)
-                    merged = trained.merge_and_unload()
-                    merged.save_pretrained(str(staging))
-                    save_tokenizer(tokenizer_obj, staging, overwrite=True)
-            else:
-                trained.save_pretrained(str(staging))
-                save_tokenizer(tokenizer_obj, staging, overwrite=True)
-            _write_json(staging / RUN_FILE, run)
-            _write_json(staging / METRICS_FILE, metrics)
-            _move_into(staging, output, last=(METRICS_FILE,))
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        write_card(output, metrics, run)
+def save_output(output: Path, trained, tokenizer, lora: bool, merge: bool, run: FinetuneRun,
+                metrics: FinetuneMetrics) -> None:
+    """The model (or adapter), tokenizer, run.json and metrics.json, staged in the output folder and moved in
+    with metrics.json last; then the card."""
+    from yuyan.tokenization import save_tokenizer
 
-    # Launched as several processes, each holds the same trained model: the main one writes the folder (several
-    # writers would replace each other's files while the card is rendered), and an error there stops them all.
-    from yuyan.training.distributed import on_main_process
-
-    on_main_process(trainer.accelerator, write_output)
-    return metrics
+    with staging_dir(output, prefix=".finetune-") as staging:
+        if lora:
+            adapter_dir = staging / ADAPTER_DIR if merge else staging
+            adapter_dir.mkdir(exist_ok=True)
+            trained.save_pretrained(str(adapter_dir), save_embedding_layers=False)
+            save_tokenizer(tokenizer, adapter_dir, overwrite=True)
+            if merge:
+                run.write(adapter_dir)
+                merged = trained.merge_and_unload()
+                merged.save_pretrained(str(staging))
+                save_tokenizer(tokenizer, staging, overwrite=True)
+        else:
+            trained.save_pretrained(str(staging))
+            save_tokenizer(tokenizer, staging, overwrite=True)
+        run.write(staging)
+        metrics.write(staging)
+        move_into(staging, output, last=(METRICS_FILE,))
+    write_card(output, metrics, run)
 
 
 def load_finetuned(folder: str | os.PathLike, **kwargs):
     """The model a fine-tuning run saved in `folder`: a full model loads with its Auto class; a LoRA adapter is
     put on its base model, with the task head configured from run.json (label names), as a `PeftModel`."""
-    from yuyan.modeling import (
-        YuyanForCausalLM,
-        YuyanForQuestionAnswering,
-        YuyanForSequenceClassification,
-        YuyanForTokenClassification,
-    )
-
     folder = Path(folder)
-    run_file = next((p for p in (folder / RUN_FILE, folder.parent / RUN_FILE) if p.is_file()), None)
-    if run_file is None:
-        raise FileNotFoundError(f"{folder} has no {RUN_FILE}: not a fine-tuning output")
-    run = json.loads(run_file.read_text(encoding="utf-8"))
-    model_class = {
-        "classification": YuyanForSequenceClassification,
-        "token-classification": YuyanForTokenClassification,
-        "question-answering": YuyanForQuestionAnswering,
-        "text-generation": YuyanForCausalLM,
-    }[run["task"]]
+    run_folder = next((p for p in (folder, folder.parent) if (p / "run.json").is_file()), None)
+    if run_folder is None:
+        raise FileNotFoundError(f"{folder} has no run.json: not a fine-tuning output")
+    run = read_run(run_folder, finetuning=True)
+    task = get_task(run.task)
     if (folder / "config.json").is_file():
-        return model_class.from_pretrained(folder, **kwargs)
+        return task.model_class.from_pretrained(folder, **kwargs)
     adapter_config = folder / "adapter_config.json"
     if not adapter_config.is_file():
         raise FileNotFoundError(f"{folder} holds neither a model (config.json) nor an adapter (adapter_config.json)")
@@ -683,12 +669,12 @@ def load_finetuned(folder: str | os.PathLike, **kwargs):
     from yuyan.training.tasks.base import config_labels
 
     base = json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
-    labels = run["data"].get("labels")
-    updates = config_labels(labels) if labels and run["task"] in ("classification", "token-classification") else {}
-    model = model_class.from_pretrained(base, **updates, **kwargs)
-    if run["task"] == "question-answering":
-        model.config.question_answering = {"max_seq_length": run["data"]["max_seq_length"],
-                                           "doc_stride": run["data"]["doc_stride"]}
+    labels = run.data.get("labels")
+    updates = config_labels(labels) if labels and task.has_labels else {}
+    model = task.model_class.from_pretrained(base, **updates, **kwargs)
+    if task.name == "question-answering":
+        model.config.question_answering = {"max_seq_length": run.data["max_seq_length"],
+                                           "doc_stride": run.data["doc_stride"]}
     return PeftModel.from_pretrained(model, str(folder))
 
 

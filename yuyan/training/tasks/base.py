@@ -10,16 +10,12 @@ from typing import Any
 
 @dataclass
 class TaskSetup:
-    """Everything task-specific the driver (`yuyan.training.finetune`) needs; built before the model is loaded."""
+    """What a task needs for one dataset (the driver, `yuyan.training.finetune`, takes the task's model class and
+    pipeline task from the registry, `yuyan.training.tasks.TASKS`); built before the model is loaded."""
 
-    pipeline_task: str
-    """transformers' pipeline task the output folder serves: text-classification, token-classification, ..."""
-    model_class: type
     train_dataset: Any
     eval_dataset: Any
     data_collator: Callable
-    peft_task_type: str
-    """peft's TaskType name: SEQ_CLS, TOKEN_CLS, QUESTION_ANS or CAUSAL_LM."""
     head_modules: list[str] = field(default_factory=list)
     """Freshly initialised head layers: fully trained (LoRA `modules_to_save`)."""
     config_updates: dict[str, Any] = field(default_factory=dict)

@@ -47,8 +47,6 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
             max_length: int) -> TaskSetup:
     from transformers import DataCollatorWithPadding
 
-    from yuyan.modeling import YuyanForSequenceClassification
-
     text_column = pick_column(train, train_path, data_args.text_column, TEXT_CANDIDATES, "--text-column")
     check_columns(validation, validation_path, [(text_column, "--text-column")])
     pair_column = data_args.text_pair_column
@@ -82,12 +80,9 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
                            desc="tokenising")
 
     return TaskSetup(
-        pipeline_task="text-classification",
-        model_class=YuyanForSequenceClassification,
         train_dataset=encode(train, train_labels),
         eval_dataset=encode(validation, validation_labels),
         data_collator=DataCollatorWithPadding(tokenizer),
-        peft_task_type="SEQ_CLS",
         head_modules=["score"],
         config_updates=config_labels(labels),
         compute_metrics=_compute_metrics,

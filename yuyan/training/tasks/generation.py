@@ -214,7 +214,6 @@ def _references(value: Any) -> list[str]:
 def prepare(train, validation, tokenizer, data_args, train_path: str, validation_path: str, max_length: int):
     import datasets
 
-    from yuyan.modeling import YuyanForCausalLM
 
     from .base import TaskSetup
     from .data import check_columns, pick_column
@@ -267,13 +266,10 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
         generation.eos_token_id = tokenizer.eos_token_id
 
     return TaskSetup(
-        pipeline_task="text-generation",
-        model_class=YuyanForCausalLM,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=CompletionCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                                          else tokenizer.eos_token_id),
-        peft_task_type="CAUSAL_LM",
         head_modules=[],
         final_evaluation=final_evaluation,
         loss_only_evaluation=True,

@@ -21,7 +21,7 @@ lower-cased, punctuation and the articles a / an / the removed and whitespace co
 prediction takes its best score over the reference answers.
 
 transformers 5 removed its `question-answering` pipeline; `QuestionAnsweringPipeline` here does the same job
-with the same windowing and span search, and `register_pipeline()` (run by `import yuyan`) makes
+with the same windowing and span search, and `yuyan.pipelines` (run by `import yuyan`) makes
 `pipeline("question-answering", model=folder)` build it. This module imports only numpy, torch and transformers.
 """
 
@@ -35,7 +35,9 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_MAX_LENGTH = 384
+from yuyan.training.tasks import TASKS
+
+DEFAULT_MAX_LENGTH = TASKS["question-answering"].default_max_length
 DEFAULT_DOC_STRIDE = 128
 DEFAULT_N_BEST = 20
 DEFAULT_MAX_ANSWER_LENGTH = 30
@@ -375,30 +377,6 @@ class QuestionAnsweringPipeline(_Pipeline):
         return answers[0] if top_k == 1 else answers
 
 
-def register_pipeline() -> None:
-    """Make `transformers.pipeline("question-answering", ...)` build `QuestionAnsweringPipeline` (transformers 5
-    removed its own). Left alone where transformers still has one."""
-    try:
-        from transformers import AutoModelForQuestionAnswering
-        from transformers import pipelines
-    except ImportError:  # pragma: no cover
-        return
-    removed = getattr(pipelines, "REMOVED_TASKS", {})
-    supported = pipelines.PIPELINE_REGISTRY.supported_tasks
-    if "question-answering" in supported:
-        if supported["question-answering"].get("impl") is QuestionAnsweringPipeline:
-            return
-        if "question-answering" not in removed:
-            return  # transformers' own pipeline
-    removed.pop("question-answering", None)
-    pipelines.PIPELINE_REGISTRY.register_pipeline(
-        "question-answering",
-        pipeline_class=QuestionAnsweringPipeline,
-        pt_model=AutoModelForQuestionAnswering,
-        type="text",
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Task setup
 # ----------------------------------------------------------------------------------------------------------------
@@ -470,8 +448,6 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
     import datasets
     from transformers import DataCollatorWithPadding
 
-    from yuyan.modeling import YuyanForQuestionAnswering
-
     from .base import TaskSetup
     from .data import check_columns, pick_column
 
@@ -515,12 +491,9 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
         model.config.question_answering = {"max_seq_length": max_length, "doc_stride": doc_stride}
 
     return TaskSetup(
-        pipeline_task="question-answering",
-        model_class=YuyanForQuestionAnswering,
         train_dataset=datasets.Dataset.from_dict(train_rows),
         eval_dataset=datasets.Dataset.from_dict(eval_rows),
         data_collator=DataCollatorWithPadding(tokenizer),
-        peft_task_type="QUESTION_ANS",
         head_modules=["qa_outputs"],
         final_evaluation=final_evaluation,
         prepare_model=prepare_model,
@@ -548,7 +521,6 @@ __all__ = [
     "predict_answers",
     "prepare",
     "read_answers",
-    "register_pipeline",
     "squad_scores",
     "token_f1",
 ]

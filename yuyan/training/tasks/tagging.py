@@ -187,8 +187,6 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
     import datasets
     from transformers import DataCollatorForTokenClassification
 
-    from yuyan.modeling import YuyanForTokenClassification
-
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("token classification needs a fast tokenizer (character offsets)")
     tokens_column = pick_column(train, train_path, data_args.tokens_column, TOKENS_CANDIDATES, "--tokens-column")
@@ -238,12 +236,9 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
         return entity_scores(validation_tags[: len(guesses)], guesses)
 
     return TaskSetup(
-        pipeline_task="token-classification",
-        model_class=YuyanForTokenClassification,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=DataCollatorForTokenClassification(tokenizer),
-        peft_task_type="TOKEN_CLS",
         head_modules=["score"],
         config_updates=config_labels(labels),
         compute_metrics=compute_metrics,
