@@ -23,12 +23,13 @@ string back.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,61 +241,37 @@ def _fit(backend, trainer, corpus, stats: CorpusStats, all_special: list[str], m
     stats.seconds = time.perf_counter() - start
 
 
-def _train(
-    texts: Iterable[Any] | None = None,
-    *,
-    files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-    text_column: str = "text",
-    txt_split: str = "line",
-    separator: str | None = None,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
-    min_frequency: int = DEFAULT_MIN_FREQUENCY,
-    special_tokens: Iterable[str] = (),
-    max_texts: int | None = None,
-    max_bytes: int | None = None,
-    max_token_bytes: int | None = DEFAULT_MAX_TOKEN_BYTES,
-    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
-    padding_side: str = "right",
-    chat_template: str | None = DEFAULT_CHAT_TEMPLATE,
-    output_dir: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    show_progress: bool | None = None,
-):
-    from tokenizers import AddedToken, pre_tokenizers, trainers
+@dataclass(frozen=True)
+class TokenizerModel:
+    """What differs between the tokenizer models `train_tokenizer` fits: byte-level BPE (`BPE`, here) and
+    word-level (`yuyan.tokenization.word.WORD_LEVEL`). Everything else (argument checks, the corpus, fitting,
+    wrapping, saving) is one code path."""
 
-    # Every argument is checked before the corpus is read, and the corpus is read before anything is written.
-    all_special = special_tokens_list(special_tokens)
-    _check_vocab_size(vocab_size, all_special)
-    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
-        raise ValueError(f"min_frequency must be a positive integer, not {min_frequency!r}")
-    if max_token_bytes is not None and (not isinstance(max_token_bytes, int) or max_token_bytes < 4):
-        raise ValueError(f"max_token_bytes must be an integer of at least 4 (one UTF-8 character), or None; not {max_token_bytes!r}")
-    _check_wrapper_args(model_max_length, padding_side)
-    if output_dir is not None:
-        _check_output_dir(Path(output_dir), overwrite)
-    corpus, stats = _open_corpus(texts, files, text_column, txt_split, separator, max_texts, max_bytes)
+    leading_special: tuple[str, ...]
+    """Special tokens that come right after the built-in ones, before the caller's (word-level: `<unk>`)."""
+    check_vocab_size: Callable[[Any, Sequence[str]], None]
+    build_backend: Callable[[], Any]
+    build_trainer: Callable[..., Any]
+    """(vocab_size, min_frequency, special_tokens as AddedTokens, show_progress, max_token_bytes) -> trainer."""
+    after_fit: Callable[[Any], None] | None = None
+    unk_token: str | None = None
 
-    backend = build_backend_tokenizer()
-    trainer = trainers.BpeTrainer(
+
+def _bpe_trainer(vocab_size, min_frequency, special_tokens, show_progress, max_token_bytes):
+    from tokenizers import pre_tokenizers, trainers
+
+    return trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[AddedToken(token, special=True, normalized=False) for token in all_special],
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not: nothing is unknown
-        show_progress=sys.stderr.isatty() if show_progress is None else bool(show_progress),
+        show_progress=show_progress,
         max_token_length=max_token_bytes,  # ByteLevel maps one byte to one character, so this counts bytes
     )
-    _fit(backend, trainer, corpus, stats, all_special, max_texts)
 
-    tokenizer = wrap_tokenizer(
-        backend,
-        extra_special_tokens=all_special[len(BUILTIN_SPECIAL_TOKENS):],
-        model_max_length=model_max_length,
-        padding_side=padding_side,
-        chat_template=chat_template,
-    )
-    if output_dir is not None:
-        save_tokenizer(tokenizer, output_dir, overwrite=overwrite)
-    return tokenizer, stats
+
+BPE = TokenizerModel(leading_special=(), check_vocab_size=_check_vocab_size, build_backend=build_backend_tokenizer,
+                     build_trainer=_bpe_trainer)
 
 
 def train_tokenizer(
@@ -316,6 +293,8 @@ def train_tokenizer(
     output_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     show_progress: bool | None = None,
+    return_stats: bool = False,
+    model: TokenizerModel = BPE,
 ):
     """Train a byte-level BPE tokenizer and return it as a `transformers.PreTrainedTokenizerFast`.
 
@@ -339,6 +318,8 @@ def train_tokenizer(
         output_dir: if given, the tokenizer is saved there (see `save_tokenizer`); nothing is written on failure.
         overwrite: allow `output_dir` to be a non-empty directory (its tokenizer files are replaced).
         show_progress: show the trainer's progress bars; by default only when stderr is a terminal.
+        return_stats: return `(tokenizer, CorpusStats)`: what was read of the corpus, and the training time.
+        model: the tokenizer model (`BPE`; `train_word_tokenizer` passes the word-level one).
 
     The tokenizer does not add bos/eos on its own (GPT-2 convention): put `tokenizer.eos_token` between
     documents when packing a corpus. `special_token_ids(tokenizer)` gives the ids for `YuyanConfig`.
@@ -348,13 +329,44 @@ def train_tokenizer(
             non-empty `output_dir` without `overwrite`.
         FileNotFoundError: a path or pattern in `files` that matches nothing.
     """
-    tokenizer, _ = _train(
-        texts, files=files, text_column=text_column, txt_split=txt_split, separator=separator, vocab_size=vocab_size,
-        min_frequency=min_frequency, special_tokens=special_tokens, max_texts=max_texts, max_bytes=max_bytes,
-        max_token_bytes=max_token_bytes, model_max_length=model_max_length, padding_side=padding_side,
-        chat_template=chat_template, output_dir=output_dir, overwrite=overwrite, show_progress=show_progress,
+    from tokenizers import AddedToken
+
+    # Every argument is checked before the corpus is read, and the corpus is read before anything is written.
+    all_special = special_tokens_list([*model.leading_special, *special_tokens])
+    model.check_vocab_size(vocab_size, all_special)
+    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
+        raise ValueError(f"min_frequency must be a positive integer, not {min_frequency!r}")
+    if max_token_bytes is not None and (not isinstance(max_token_bytes, int) or max_token_bytes < 4):
+        raise ValueError(f"max_token_bytes must be an integer of at least 4 (one UTF-8 character), or None; not {max_token_bytes!r}")
+    _check_wrapper_args(model_max_length, padding_side)
+    if output_dir is not None:
+        _check_output_dir(Path(output_dir), overwrite)
+    corpus, stats = _open_corpus(texts, files, text_column, txt_split, separator, max_texts, max_bytes)
+
+    backend = model.build_backend()
+    trainer = model.build_trainer(
+        vocab_size, min_frequency, [AddedToken(token, special=True, normalized=False) for token in all_special],
+        sys.stderr.isatty() if show_progress is None else bool(show_progress), max_token_bytes,
     )
-    return tokenizer
+    _fit(backend, trainer, corpus, stats, all_special, max_texts)
+    if model.after_fit is not None:
+        model.after_fit(backend)
+
+    tokenizer = wrap_tokenizer(
+        backend,
+        extra_special_tokens=all_special[len(BUILTIN_SPECIAL_TOKENS):],
+        model_max_length=model_max_length,
+        padding_side=padding_side,
+        chat_template=chat_template,
+        unk_token=model.unk_token,
+    )
+    if output_dir is not None:
+        save_tokenizer(tokenizer, output_dir, overwrite=overwrite)
+    return (tokenizer, stats) if return_stats else tokenizer
+
+
+# The trainer with its corpus statistics (`yuyan tokenizer train` prints them).
+_train = functools.partial(train_tokenizer, return_stats=True)
 
 
 def _check_wrapper_args(model_max_length: Any, padding_side: Any) -> None:

@@ -20,23 +20,11 @@ perplexity and word perplexity are the same number.
 
 from __future__ import annotations
 
-import os
-import sys
+import functools
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
-from .bpe import (
-    BUILTIN_SPECIAL_TOKENS,
-    DEFAULT_MODEL_MAX_LENGTH,
-    _check_output_dir,
-    _check_wrapper_args,
-    _fit,
-    _open_corpus,
-    save_tokenizer,
-    special_tokens_list,
-    wrap_tokenizer,
-)
+from .bpe import TokenizerModel, train_tokenizer
 
 UNK = "<unk>"
 LINE_END = "\n"
@@ -58,94 +46,58 @@ def build_word_backend_tokenizer():
     return tokenizer
 
 
-def _train_word(
-    texts: Iterable[Any] | None = None,
-    *,
-    files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-    text_column: str = "text",
-    txt_split: str = "line",
-    separator: str | None = None,
-    vocab_size: int | None = None,
-    min_frequency: int = 1,
-    special_tokens: Iterable[str] = (),
-    max_texts: int | None = None,
-    max_bytes: int | None = None,
-    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
-    padding_side: str = "right",
-    chat_template: str | None = None,
-    output_dir: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    show_progress: bool | None = None,
-):
-    from tokenizers import AddedToken, trainers
+def _check_word_vocab_size(vocab_size: Any, special_tokens: Sequence[str]) -> None:
+    if vocab_size is None:
+        return
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise ValueError(f"vocab_size must be an integer or None (every word), not {vocab_size!r}")
+    if vocab_size < len(special_tokens) + 2:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: the {len(special_tokens)} special tokens, the line end and at "
+            f"least one word need {len(special_tokens) + 2}"
+        )
 
-    all_special = special_tokens_list([UNK, *special_tokens])
-    if vocab_size is not None:
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-            raise ValueError(f"vocab_size must be an integer or None (every word), not {vocab_size!r}")
-        if vocab_size < len(all_special) + 2:
-            raise ValueError(
-                f"vocab_size={vocab_size} is too small: the {len(all_special)} special tokens, the line end and at "
-                f"least one word need {len(all_special) + 2}"
-            )
-    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
-        raise ValueError(f"min_frequency must be a positive integer, not {min_frequency!r}")
-    _check_wrapper_args(model_max_length, padding_side)
-    if output_dir is not None:
-        _check_output_dir(Path(output_dir), overwrite)
-    corpus, stats = _open_corpus(texts, files, text_column, txt_split, separator, max_texts, max_bytes)
 
-    backend = build_word_backend_tokenizer()
-    trainer = trainers.WordLevelTrainer(
+def _word_trainer(vocab_size, min_frequency, special_tokens, show_progress, max_token_bytes):
+    from tokenizers import trainers
+
+    # The special strings, `<unk>` included, are cut out of the texts before counting (`_fit`): a word the
+    # trainer counts that is also a special token gets a second id, and the vocabulary a hole (tokenizers 0.22).
+    return trainers.WordLevelTrainer(
         vocab_size=vocab_size if vocab_size is not None else 2**31 - 1,
         min_frequency=min_frequency,
-        special_tokens=[AddedToken(token, special=True, normalized=False) for token in all_special],
-        show_progress=sys.stderr.isatty() if show_progress is None else bool(show_progress),
+        special_tokens=special_tokens,
+        show_progress=show_progress,
     )
-    # The special strings, `<unk>` included, are cut out of the texts before counting: a word the trainer counts
-    # that is also a special token gets a second id, and the vocabulary a hole (tokenizers 0.22).
-    _fit(backend, trainer, corpus, stats, all_special, max_texts)
+
+
+def _add_line_end(backend) -> None:
+    from tokenizers import AddedToken
+
     if LINE_END not in backend.get_vocab():
         # A corpus without line ends (one-line records) still gets the token, so that any text encodes the same
         # way. An added token that is not special: decoding with skip_special_tokens keeps it.
         backend.add_tokens([AddedToken(LINE_END, normalized=False, special=False)])
 
-    tokenizer = wrap_tokenizer(
-        backend,
-        extra_special_tokens=all_special[len(BUILTIN_SPECIAL_TOKENS):],
-        model_max_length=model_max_length,
-        padding_side=padding_side,
-        chat_template=chat_template,
-        unk_token=UNK,
-    )
-    if output_dir is not None:
-        save_tokenizer(tokenizer, output_dir, overwrite=overwrite)
-    return tokenizer, stats
+
+WORD_LEVEL = TokenizerModel(leading_special=(UNK,), check_vocab_size=_check_word_vocab_size,
+                            build_backend=build_word_backend_tokenizer, build_trainer=_word_trainer,
+                            after_fit=_add_line_end, unk_token=UNK)
 
 
 def train_word_tokenizer(
     texts: Iterable[Any] | None = None,
     *,
-    files: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-    text_column: str = "text",
-    txt_split: str = "line",
-    separator: str | None = None,
     vocab_size: int | None = None,
     min_frequency: int = 1,
-    special_tokens: Iterable[str] = (),
-    max_texts: int | None = None,
-    max_bytes: int | None = None,
-    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
-    padding_side: str = "right",
     chat_template: str | None = None,
-    output_dir: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    show_progress: bool | None = None,
+    **options: Any,
 ):
     """Train a word-level tokenizer and return it as a `transformers.PreTrainedTokenizerFast`.
 
-    The corpus arguments are those of `train_tokenizer` (`texts` or `files`, `text_column`, `txt_split`,
-    `separator`, `max_texts`, `max_bytes`).
+    Every other argument is that of `train_tokenizer` (the corpus: `texts` or `files`, `text_column`,
+    `txt_split`, `separator`, `max_texts`, `max_bytes`; `special_tokens`, `model_max_length`, `padding_side`,
+    `output_dir`, `overwrite`, `show_progress`, `return_stats`).
 
     Args:
         vocab_size: keep the `vocab_size` most frequent words (special tokens and the line end included in the
@@ -158,13 +110,12 @@ def train_word_tokenizer(
     On WikiText-2's training file with the defaults the vocabulary is 33,278 words and line end (`<unk>`
     included: the published WikiText-2 vocabulary, whose `<eos>` is the line end here) plus 5 special tokens.
     """
-    tokenizer, _ = _train_word(
-        texts, files=files, text_column=text_column, txt_split=txt_split, separator=separator, vocab_size=vocab_size,
-        min_frequency=min_frequency, special_tokens=special_tokens, max_texts=max_texts, max_bytes=max_bytes,
-        model_max_length=model_max_length, padding_side=padding_side, chat_template=chat_template,
-        output_dir=output_dir, overwrite=overwrite, show_progress=show_progress,
-    )
-    return tokenizer
+    return train_tokenizer(texts, vocab_size=vocab_size, min_frequency=min_frequency, chat_template=chat_template,
+                           max_token_bytes=None, model=WORD_LEVEL, **options)
+
+
+# The trainer with its corpus statistics (`yuyan tokenizer train --model word` prints them).
+_train_word = functools.partial(train_word_tokenizer, return_stats=True)
 
 
 __all__ = ["LINE_END", "UNK", "build_word_backend_tokenizer", "train_word_tokenizer"]
