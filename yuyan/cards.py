@@ -348,6 +348,16 @@ def _pretraining_hyperparameters(training: dict[str, Any], metrics: PretrainMetr
     return "; ".join(parts)
 
 
+def _from_template(template: str, card_data: ModelCardData, model_name: str, repo_id: str,
+                   architecture: dict[str, Any], folder: Path | None, languages: list[str] | None,
+                   **values: Any) -> ModelCard:
+    """Render a card template with what every card shows (names, architecture, tokenizer) and `values`."""
+    return ModelCard.from_template(
+        card_data, template_path=str(template_path(template)), model_name=model_name, repo_id=repo_id,
+        **architecture, **_tokenizer_section(folder, languages), **values,
+    )
+
+
 def _render_pretrained(metrics: PretrainMetrics, run: RunRecord, config, repo_id, folder) -> ModelCard:
     training = run.training or {}
     data = run.data or {}
@@ -381,14 +391,8 @@ def _render_pretrained(metrics: PretrainMetrics, run: RunRecord, config, repo_id
     eval_history = [p for p in metrics.eval_history or [] if isinstance(p, (list, tuple)) and len(p) == 2]
     block_size = training.get("block_size") or data.get("block_size")
     hyperparameters = _pretraining_hyperparameters(training, metrics, block_size)
-    template = template_path(PRETRAINED_TEMPLATE)
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(template),
-        model_name=model_name,
-        repo_id=repo_id,
-        **architecture,
-        **_tokenizer_section(folder, languages),
+    card = _from_template(
+        PRETRAINED_TEMPLATE, card_data, model_name, repo_id, architecture, folder, languages,
         block_size=_value(block_size),
         train_data=_describe_data(metrics.train_data or data.get("train")),
         validation_data=validation_name,
@@ -458,20 +462,14 @@ def _render_finetuned(metrics: FinetuneMetrics, run: RunRecord, config, repo_id,
         id2label[k] for k in sorted(id2label, key=lambda k: (0, int(k), "") if str(k).isdigit() else (1, 0, str(k)))
     ]
     base_is_path = isinstance(base_model, str) and not looks_like_hub_id(base_model)
-    template = template_path(FINETUNED_TEMPLATE)
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(template),
-        model_name=model_name,
-        repo_id=repo_id,
+    card = _from_template(
+        FINETUNED_TEMPLATE, card_data, model_name, repo_id, architecture, folder, languages,
         task=task,
         task_phrase=task_phrase,
         auto_class=auto_class,
         base_model=(f"a local model ({Path(base_model).resolve().name})" if base_is_path else base_model)
         or "not recorded",
         base_model_is_hub=looks_like_hub_id(base_model),
-        **architecture,
-        **_tokenizer_section(folder, languages),
         labels=", ".join(str(label) for label in labels),
         dataset=_describe_data(dataset),
         validation_data=validation_name,

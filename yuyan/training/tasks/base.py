@@ -87,6 +87,13 @@ def config_labels(labels: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def labelled_head(labels: Sequence[str]) -> dict[str, Any]:
+    """The `TaskSetup` fields of a task whose new `score` head predicts one of `labels` (classification,
+    tagging): the head trained whole under LoRA, the label names in the config, argmax predictions kept."""
+    return {"head_modules": ["score"], "config_updates": config_labels(labels),
+            "preprocess_logits_for_metrics": argmax_logits}
+
+
 def first_logits(logits: Any) -> Any:
     """Models may return (logits, extras...) to the Trainer: the logits are first."""
     return logits[0] if isinstance(logits, (tuple, list)) else logits

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 import numpy as np
 
-from .base import TaskSetup, argmax_logits, check_known, config_labels, label_name, ordered_labels
+from .base import TaskSetup, check_known, label_name, labelled_head, ordered_labels
 from .data import as_text, check_columns, pick_column
 
 TEXT_CANDIDATES = ("text", "sentence", "content", "document", "review")
@@ -83,10 +83,8 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
         train_dataset=encode(train, train_labels),
         eval_dataset=encode(validation, validation_labels),
         data_collator=DataCollatorWithPadding(tokenizer),
-        head_modules=["score"],
-        config_updates=config_labels(labels),
         compute_metrics=_compute_metrics,
-        preprocess_logits_for_metrics=argmax_logits,
+        **labelled_head(labels),
         data_info={
             "text_column": text_column,
             "text_pair_column": pair_column,

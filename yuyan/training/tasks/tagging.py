@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import TaskSetup, argmax_logits, check_known, config_labels, label_name, ordered_labels
+from .base import TaskSetup, check_known, label_name, labelled_head, ordered_labels
 from .data import check_columns, pick_column
 
 TOKENS_CANDIDATES = ("tokens", "words")
@@ -239,10 +239,8 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=DataCollatorForTokenClassification(tokenizer),
-        head_modules=["score"],
-        config_updates=config_labels(labels),
         compute_metrics=compute_metrics,
-        preprocess_logits_for_metrics=argmax_logits,
+        **labelled_head(labels),
         data_info={
             "tokens_column": tokens_column,
             "tags_column": tags_column,
