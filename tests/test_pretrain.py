@@ -23,9 +23,11 @@ from yuyan.cli import main
 from yuyan.training.data import TextSource, load_documents, python_documentation, split_validation
 from yuyan.training.pretrain import (
     EpochShuffleSampler,
+    ModelSettings,
     PretrainArguments,
     resolve_config,
 )
+from yuyan.training.records import read_metrics, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("the cat sat on a mat and the dog ran to see what was in the box while birds sang songs of summer rain "
@@ -90,6 +92,35 @@ def test_yaml_config_then_flags_then_set_overrides(tmp_path):
     assert (model.config.hidden_size, model.config.mixer_types, model.config.intermediate_size) == (
         128, ["lstm"] * 3, 0)
     assert (training.learning_rate, training.batch_size, training.block_size) == (0.002, 4, 32)
+
+
+def test_the_tokenizer_sets_the_vocabulary_and_ids_on_the_resolved_config(corpus):
+    model = ModelSettings.resolve({"preset": "tiny-hybrid", "hidden_size": 32})
+    config = model.config
+    tokenizer = AutoTokenizer.from_pretrained(corpus["tokenizer"])
+    assert model.adopt_tokenizer(tokenizer) is config  # the one config of the run, not a second one
+    assert config.vocab_size == len(tokenizer) and config.eos_token_id == tokenizer.eos_token_id
+    assert config.bos_token_id == tokenizer.eos_token_id and config.pad_token_id == tokenizer.pad_token_id
+    assert model.requested == {"preset": "tiny-hybrid", "hidden_size": 32}
+    # Ids beyond the vocabulary are refused, as YuyanConfig refuses them.
+    small = ModelSettings.resolve({"preset": "tiny-hybrid"})
+    with pytest.raises(ValueError, match="vocab_size"):
+        small.adopt_tokenizer(_TruncatedVocabulary())
+
+
+class _TruncatedVocabulary:
+    """A tokenizer whose special ids lie beyond its (claimed) vocabulary."""
+
+    def __init__(self):
+        self.pad_token_id, self.bos_token_id, self.eos_token_id = 10, None, 10
+
+    def __len__(self) -> int:
+        return 5
+
+
+def test_an_unknown_preset_is_refused_when_the_config_is_resolved():
+    with pytest.raises(ValueError, match="unknown preset 'tiny-transformer'"):
+        resolve_config("tiny-hybrid", {"model.preset": "tiny-transformer"})
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
@@ -225,6 +256,11 @@ def test_a_tiny_run_writes_a_complete_model_folder(tmp_path, corpus):
     assert math.isclose(metrics["validation_perplexity"], math.exp(metrics["validation_loss"]), rel_tol=1e-6)
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-0000004", "step-0000006"]
     assert not list(out.rglob("*.tmp")), "a temporary file or folder was left behind"
+    # Every key of both files is a field of its record, and the records write the files back as they are.
+    record, run = read_metrics(out), read_run(out)
+    assert not record.is_finetuning and not run.is_finetuning and record.extra == {} == run.extra
+    assert record.to_dict() == metrics and list(record.to_dict()) == list(metrics)
+    assert run.to_dict() == json.loads((out / "run.json").read_text()) and run.model["preset"] == "tiny-hybrid"
 
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
