@@ -220,7 +220,8 @@ def test_finetuning_card_holds_the_task_metrics(model_folder, task):
     assert {r.task_type for r in card.data.eval_results} == {task}
     assert card.data.base_model == "yuyan-org/tiny-base"
     assert {"yuyan", "hybrid", "fine-tuned", task} <= set(card.data.tags) and "lora" not in card.data.tags
-    assert f'{task_for_pipeline(task).auto_class}.from_pretrained("yuyan-org/tiny-{task}", trust_remote_code=True)' in text
+    auto_class = task_for_pipeline(task).auto_class
+    assert f'{auto_class}.from_pretrained("yuyan-org/tiny-{task}", trust_remote_code=True)' in text
     assert "`learning_rate`: 5e-05" in text and "`seed`: 7" in text and "max_steps" not in text
     assert "train.jsonl" in text and "/data/private" not in text
     assert "31,586 parameters" in text and "6.9 minutes" in text

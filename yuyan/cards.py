@@ -501,7 +501,7 @@ def render_model_card(
 
 
 def default_repo_id(folder: str | Path) -> str:
-    """The folder's name; for a staging folder (`yuyan pretrain` writes `OUTPUT/.final.tmp` and moves its files
+    """The folder's name; for a staging folder (`yuyan pretrain` writes `OUTPUT/.final-XXXX.tmp` and moves its files
     into OUTPUT), the name of the folder it is staged in."""
     folder = Path(folder).resolve()
     if folder.name.startswith(".") or folder.name.endswith(".tmp"):

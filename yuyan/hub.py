@@ -41,7 +41,7 @@ EXCLUDED_PATTERNS = (
     "*__pycache__/*",
     "*.pyc",
     "*.tmp",
-    "*.tmp/*",              # .final.tmp/ staging folders, .step-N.tmp checkpoints
+    "*.tmp/*",              # .final-*.tmp/ staging folders, .step-N.tmp checkpoints
     "*.temp",
     "*.lock",
     "*.swp",

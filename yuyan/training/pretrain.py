@@ -619,7 +619,8 @@ def pack_blocks(args: PretrainArguments, accelerator: Accelerator, tokenizer, do
 
 def make_loaders(args: PretrainArguments, train_blocks, validation_blocks) -> tuple[DataLoader, DataLoader]:
     if args.streaming:
-        train_loader = DataLoader(train_blocks.with_format("torch"), batch_size=args.batch_size, collate_fn=collate_blocks)
+        train_loader = DataLoader(train_blocks.with_format("torch"), batch_size=args.batch_size,
+                                  collate_fn=collate_blocks)
     else:
         sampler = EpochShuffleSampler(len(train_blocks), args.seed)
         train_loader = DataLoader(
@@ -660,9 +661,9 @@ def pretrain(
     """
     # Setup: every setting is checked before any data or model work; then data, output folder, tokenizer.
     output = Path(args.output)
-    model = model if isinstance(model, ModelSettings) else ModelSettings.resolve(model)
+    settings = model if isinstance(model, ModelSettings) else ModelSettings.resolve(model)
     source, validation_source = data_sources(args)
-    run = new_run_record(args, model, source, validation_source)
+    run = new_run_record(args, settings, source, validation_source)
     accelerator = accelerator or make_accelerator(args, output)
     check_launch(accelerator)
     # The documents first: a missing column or an unreadable file is reported before the output is touched. Work
@@ -673,13 +674,14 @@ def pretrain(
                               load_documents(validation_source) if validation_source is not None else None)
     )
     resume_from = open_output(accelerator, output, run, args)
-    tokenizer = obtain_tokenizer(args, source, model.config.vocab_size, output, accelerator)
-    config = model.adopt_tokenizer(tokenizer)
+    tokenizer = obtain_tokenizer(args, source, settings.config.vocab_size, output, accelerator)
+    config = settings.adopt_tokenizer(tokenizer)
     train_blocks, validation_blocks = pack_blocks(args, accelerator, tokenizer, documents, validation_documents)
 
     set_seed(args.seed)
-    loop = PretrainLoop(args, accelerator, YuyanForCausalLM(config), *make_loaders(args, train_blocks, validation_blocks),
-                        output, clock)
+    # Built after set_seed (the weights depend on the seed alone) and held by the loop only, which drops it at the end.
+    loop = PretrainLoop(args, accelerator, YuyanForCausalLM(config), *make_loaders(args, train_blocks,
+                                                                                   validation_blocks), output, clock)
     loop.resume(resume_from)
     # Fit, evaluate, save.
     stop_reason = loop.fit()
