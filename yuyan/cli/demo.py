@@ -15,4 +15,8 @@ def build(subparsers, name: str, help: str):
 def run(args) -> None:
     from yuyan.training.demo import run_demo
 
-    run_demo(output=args.output, minutes=args.minutes, preset=args.preset)
+    result = run_demo(output=args.output, minutes=args.minutes, preset=args.preset)
+    print(f"\nvalidation perplexity {result['validation_perplexity']:.2f} (loss {result['validation_loss']:.3f}) "
+          f"after {result['steps']} steps, {result['tokens_seen']:,} tokens, {result['train_seconds'] / 60:.1f} min")
+    print(f"model saved to {result['output']}")
+    print(f"reloaded with AutoModelForCausalLM.from_pretrained; a sample:\n\n{result['sample']}\n")
