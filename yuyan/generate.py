@@ -238,8 +238,8 @@ def cache_nbytes(cache) -> int:
 def max_positions(model) -> int | None:
     """The longest sequence the model's attention layers take, or None when it has none (all-LSTM)."""
     config = model.config
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None and "full_attention" not in layer_types:
+    # `has_attention` is YuyanConfig's; any other causal LM (a Llama export) is taken to have positions.
+    if not getattr(config, "has_attention", True):
         return None
     return getattr(config, "max_position_embeddings", None)
 
@@ -430,8 +430,8 @@ def report_lines(run: GenerationRun, model) -> list[str]:
     steps = [sizes for sizes in run.cache_bytes if sizes]
     if not steps:
         return lines
-    layer_types = getattr(model.config, "layer_types", None) or []
-    if layer_types and all(kind == "lstm" for kind in layer_types):
+    config = model.config
+    if getattr(config, "has_lstm", False) and not getattr(config, "has_attention", True):  # an all-LSTM Yuyan
         biggest = max(max(sizes) for sizes in steps)
         count = sum(len(sizes) for sizes in steps)
         if run.cache_constant:
