@@ -120,13 +120,11 @@ def train_llama(args, tokenizer_dir: Path, output: Path) -> dict:
 
 
 def evaluate(model_dir: Path, args) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import yuyan  # noqa: F401  (registers the Yuyan Auto classes)
+    from yuyan.loading import load_model_and_tokenizer
     from yuyan.training.evaluation import evaluate_text
 
-    # Not `load_model_and_tokenizer`: that one accepts Yuyan folders only, and Llama is scored the same way.
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    # Any causal LM folder: the Llama exports are scored the same way as the Yuyan models.
+    model, tokenizer = load_model_and_tokenizer(model_dir, device="cpu")
     scores = {}
     for split in ("valid", "test"):
         text = (DATA / f"{split}.txt").read_text(encoding="utf-8")

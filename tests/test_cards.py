@@ -19,8 +19,8 @@ from huggingface_hub import ModelCard
 import yuyan  # noqa: F401  (registers the model: save_pretrained writes auto_map and copies the code)
 from yuyan import YuyanConfig, YuyanForCausalLM
 from yuyan.cards import template_path, write_model_card
+from yuyan.cli import build_parser
 from yuyan.training.tasks import TASKS, task_for_pipeline
-from yuyan.hub import add_card_command
 
 WORDS = ("the cat sat on a mat and the dog ran to see what was in the box while birds sang songs of summer rain "
          "under a quiet grey sky near the old stone bridge").split()
@@ -116,9 +116,7 @@ def assert_no_placeholder(path: Path) -> str:
 
 
 def card_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="yuyan")
-    add_card_command(parser.add_subparsers(dest="command"))
-    return parser
+    return build_parser({"card"})
 
 
 @pytest.fixture(scope="module")

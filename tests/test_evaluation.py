@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -16,10 +15,9 @@ import pytest
 import torch
 
 from model_helpers import tiny_config
-from yuyan import YuyanForCausalLM
+from yuyan import YuyanForCausalLM, cli
 from yuyan.tokenization import train_tokenizer
 from yuyan.training.evaluation import (
-    add_eval_command,
     count_words,
     evaluate_files,
     evaluate_text,
@@ -277,9 +275,7 @@ def test_errors(tmp_path, tokenizer, saved_model):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="yuyan")
-    add_eval_command(parser.add_subparsers(dest="command"))
-    return parser
+    return cli.build_parser({"eval"})
 
 
 def test_cli_prints_table_and_writes_json(tmp_path, capsys, saved_model):
@@ -305,7 +301,6 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys, saved_model):
 
 
 def test_cli_errors_exit_2(tmp_path, capsys, saved_model):
-    cli = pytest.importorskip("yuyan.cli")
     parser = build_parser()
     data = tmp_path / "data.txt"
     data.write_text("text\n", encoding="utf-8")
@@ -317,6 +312,5 @@ def test_cli_errors_exit_2(tmp_path, capsys, saved_model):
         args = parser.parse_args(argv)
         with pytest.raises((ValueError, FileNotFoundError)):
             args.handler(args)
-    if any(action.dest == "command" and "eval" in (action.choices or {}) for action in cli.build_parser()._actions):
-        assert cli.main(["eval", "--model", str(tmp_path / "missing"), "--data", str(data)]) == 2
-        assert "model folder not found" in capsys.readouterr().err
+    assert cli.main(["eval", "--model", str(tmp_path / "missing"), "--data", str(data)]) == 2
+    assert "model folder not found" in capsys.readouterr().err

@@ -20,6 +20,8 @@ import torch
 
 import yuyan  # noqa: F401  (registers the Auto classes)
 from yuyan import YuyanConfig, YuyanForCausalLM
+from yuyan.cli import build_parser
+from yuyan.cli.finetune import split_namespace
 from yuyan.tokenization import train_tokenizer
 from yuyan.training import finetune as ft
 from yuyan.training.tasks import base as task_base
@@ -379,10 +381,7 @@ def test_errors_are_found_before_training(tmp_path, base_model):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="yuyan")
-    subparsers = parser.add_subparsers(dest="command")
-    ft.add_finetune_command(subparsers)
-    return parser
+    return build_parser({"finetune"})
 
 
 def test_every_training_argument_is_a_flag():
@@ -393,7 +392,7 @@ def test_every_training_argument_is_a_flag():
         "8", "--warmup-steps", "3", "--text-column", "sentence", "--class_names", "neg", "pos", "--lora",
         "--lora-r", "4", "--lora-target-modules", "qkv_proj", "out_proj", "--delimiter", "\\t", "--seed", "7",
     ])
-    finetune_args, data_args, lora_args, training_args = ft.split_namespace(args)
+    finetune_args, data_args, lora_args, training_args = split_namespace(args)
     assert finetune_args.task == "classification" and finetune_args.model_name_or_path == "m"
     assert finetune_args.train_file == "t.csv" and finetune_args.validation_file == "v.csv"
     assert training_args.output_dir == "out" and training_args.learning_rate == 1e-3
@@ -409,7 +408,7 @@ def test_every_training_argument_is_a_flag():
     args = parser.parse_args(["finetune", "--task", "question-answering", "--model_name_or_path", "m",
                               "--train_file", "t", "--validation_file", "v", "--output_dir", "o", "--eval_strategy",
                               "no", "--save-strategy", "steps", "--save_steps", "5"])
-    _, _, lora_args, training_args = ft.split_namespace(args)
+    _, _, lora_args, training_args = split_namespace(args)
     assert str(training_args.eval_strategy.value) == "no" and training_args.save_steps == 5 and not lora_args.lora
     assert "--learning-rate" in parser._subparsers._group_actions[0].choices["finetune"].format_help()
     with pytest.raises(SystemExit):
@@ -417,17 +416,11 @@ def test_every_training_argument_is_a_flag():
                            "--validation", "v", "--learn", "1"])  # no abbreviations
 
 
-def test_command_line_run_and_error_exit(tmp_path, base_model, monkeypatch, capsys):
+def test_command_line_run_and_error_exit(tmp_path, base_model, capsys):
     """`yuyan finetune` end to end through yuyan.cli.main; the classifier beats the majority class by far."""
     from transformers import AutoModelForSequenceClassification, pipeline
 
     from yuyan import cli
-
-    parser = cli.build_parser()
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "finetune" not in subparsers.choices:
-        ft.add_finetune_command(subparsers)
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
 
     train_rows, validation_rows = _sentiment_rows(160, 0), _sentiment_rows(48, 1)
     train = tmp_path / "train.tsv"

@@ -28,7 +28,8 @@ from transformers import AutoTokenizer
 
 import yuyan  # noqa: F401
 from yuyan import YuyanForCausalLM
-from yuyan.hub import EXCLUDED_PATTERNS, add_push_command, files_to_upload, missing_model_files, public_file_bytes, public_text
+from yuyan.cli import build_parser
+from yuyan.hub import EXCLUDED_PATTERNS, files_to_upload, missing_model_files, public_file_bytes, public_text
 
 from test_cards import build_model_folder, pretrain_tiny, train_tiny_tokenizer
 
@@ -152,9 +153,7 @@ def online(hub: HubServer, home: Path):
 
 
 def push_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="yuyan")
-    add_push_command(parser.add_subparsers(dest="command"))
-    return parser
+    return build_parser({"push"})
 
 
 def push(*argv: str) -> tuple[object, str]:

@@ -685,7 +685,7 @@ def test_cli_errors_write_nothing(tmp_path, capsys, args, message):
 
 
 def test_cli_size_parser():
-    from yuyan.tokenization.cli import parse_size
+    from yuyan.cli.types import parse_size
 
     assert parse_size("500") == 500
     assert parse_size("200K") == 200_000

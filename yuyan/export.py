@@ -13,7 +13,6 @@ exported model gives the same outputs at inference.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -281,48 +280,3 @@ def import_from_llama(
         "dropped": sorted(dropped),
         "copied": copied,
     }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# `yuyan export`
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def add_export_command(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "export",
-        help="convert a model: to a plain transformers Llama folder (--format llama), or a Llama one to Yuyan "
-             "(--from llama)",
-    )
-    direction = parser.add_mutually_exclusive_group(required=True)
-    direction.add_argument("--format", choices=["llama"], help="write the Yuyan model in --model in this format")
-    direction.add_argument("--from", dest="source_format", choices=["llama"],
-                           help="read --model in this format and write a Yuyan model")
-    parser.add_argument("--model", required=True, help="the model folder to convert")
-    parser.add_argument("--output", required=True, help="the folder to write (must be empty, or --overwrite)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    parser.add_argument("--layer-types", nargs="+", default=None, metavar="TYPE",
-                        help="with --from llama: one of full_attention|lstm per layer (comma- or space-separated); "
-                             "lstm layers get new, initialised weights")
-    parser.add_argument("--seed", type=int, default=0, help="with --from llama: seed of the new LSTM weights")
-    parser.set_defaults(handler=_run_export)
-
-
-def _run_export(args: argparse.Namespace) -> None:
-    if args.format == "llama":
-        if args.layer_types is not None:
-            raise ValueError("--layer-types applies to --from llama only")
-        summary = export_to_llama(args.model, args.output, overwrite=args.overwrite)
-        print(f"wrote a Llama model ({summary['layers']} layers, {summary['parameters'] / 1e6:.2f}M parameters) to "
-              f"{summary['output']}; load it with LlamaForCausalLM.from_pretrained({summary['output']!r})")
-        return
-    mixer_types = None
-    if args.layer_types is not None:
-        mixer_types = [t for item in args.layer_types for t in item.split(",") if t]
-    summary = import_from_llama(args.model, args.output, mixer_types=mixer_types, overwrite=args.overwrite,
-                                seed=args.seed)
-    print(f"wrote a Yuyan model (layers: {', '.join(summary['mixer_types'])}) to {summary['output']}")
-    if summary["initialised"]:
-        print(f"  newly initialised (train before use): {len(summary['initialised'])} tensors, e.g. "
-              f"{', '.join(summary['initialised'][:4])}")
-        print(f"  dropped Llama attention tensors: {len(summary['dropped'])}")

@@ -20,7 +20,6 @@ its `save_pretrained` writes `auto_map` and copies the code.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -28,7 +27,7 @@ import sys
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from yuyan.cards import card_repo_id, read_run_files, render_card_for_folder, write_model_card
+from yuyan.cards import card_repo_id, read_run_files, write_model_card
 
 # Never uploaded: training state, logs and temporary files. `fnmatch` patterns on paths relative to the folder
 # (`*` also matches `/`).
@@ -332,79 +331,8 @@ def push_model(
         raise ValueError(f"the Hub at {api.endpoint} refused the push to {repo_id}{hint}: {error}") from error
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Commands
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _existing_card_repo_id(folder: Path) -> str | None:
-    """The repository the folder's current card names in its loading examples, if any."""
-    try:
-        text = (folder / "README.md").read_text(encoding="utf-8")
-    except OSError:
-        return None
-    match = re.search(r'from_pretrained\("([^"]+)"', text)
-    return match.group(1) if match and match.group(1).count("/") == 1 else None
-
-
-def add_card_command(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "card", help="re-render a model folder's card (README.md) from its metrics.json and run.json",
-        description="Re-render DIR/README.md from DIR/metrics.json, DIR/run.json and DIR/config.json.",
-    )
-    parser.add_argument("--model", required=True, metavar="DIR", help="the model folder")
-    parser.add_argument("--repo-id", default=None, metavar="ORG/NAME",
-                        help="the Hub repository named in the card's loading examples (default: the one the card "
-                             "already names, else the folder's name)")
-    parser.set_defaults(handler=run_card_command)
-    return parser
-
-
-def run_card_command(args) -> Path:
-    folder = Path(args.model)
-    if args.repo_id is not None:
-        validate_repo_id(args.repo_id)
-    repo_id = args.repo_id or _existing_card_repo_id(folder)
-    path = render_card_for_folder(folder, repo_id=repo_id)
-    print(f"wrote {path}")
-    return path
-
-
-def add_push_command(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "push", help="upload a model folder to the Hugging Face Hub",
-        description="Upload a complete Yuyan model folder (weights, config with auto_map, modeling code, tokenizer, "
-                    "card, metrics) to a Hub model repository, without checkpoints/, logs/ or temporary files. "
-                    "The endpoint and token are huggingface_hub's (HF_ENDPOINT, HF_TOKEN / `hf auth login`).",
-    )
-    parser.add_argument("--model", required=True, metavar="DIR", help="the model folder")
-    parser.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="the Hub repository (created if new)")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--revision", default=None, metavar="BRANCH",
-                        help="the branch to push to (created from main if new; default main)")
-    parser.add_argument("--commit-message", default=None, help="the commit message")
-    parser.set_defaults(handler=run_push_command)
-    return parser
-
-
-def run_push_command(args):
-    folder = Path(args.model)
-    validate_repo_id(args.repo_id)
-    check_model_folder(folder)
-    print(f"uploading {len(files_to_upload(folder))} files from {folder} to {args.repo_id}", file=sys.stderr)
-    info = push_model(folder, args.repo_id, private=args.private, revision=args.revision,
-                      commit_message=args.commit_message)
-    print(f"pushed {folder} to {args.repo_id} ({args.revision or 'main'})")
-    print(f"commit {info.oid}")
-    print(info.commit_url)
-    return info
-
-
-
 __all__ = [
     "EXCLUDED_PATTERNS",
-    "add_card_command",
-    "add_push_command",
     "check_model_folder",
     "files_to_upload",
     "missing_model_files",

@@ -15,6 +15,7 @@ DEMO_PROMPT = "The assert statement"
 
 def run_demo(output: str = "runs/demo", minutes: float = 3.0, preset: str = "tiny-hybrid", seed: int = 0,
              overwrite: bool = True) -> dict:
+    """Train and reload the demo model; returns the run's metrics plus `sample` (a generation) and `output`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import yuyan  # noqa: F401  (registers the Auto classes for the reload below)
@@ -40,9 +41,6 @@ def run_demo(output: str = "runs/demo", minutes: float = 3.0, preset: str = "tin
     args.validate()
     metrics = pretrain(args, {"preset": preset, "vocab_size": 4096})
     folder = Path(output).resolve()
-    print(f"\nvalidation perplexity {metrics['validation_perplexity']:.2f} (loss {metrics['validation_loss']:.3f}) "
-          f"after {metrics['steps']} steps, {metrics['tokens_seen']:,} tokens, {metrics['train_seconds'] / 60:.1f} min")
-    print(f"model saved to {folder}")
 
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -51,5 +49,4 @@ def run_demo(output: str = "runs/demo", minutes: float = 3.0, preset: str = "tin
     generated = model.generate(**inputs, max_new_tokens=60, do_sample=True, top_p=0.9, temperature=0.8,
                                pad_token_id=tokenizer.pad_token_id)
     sample = tokenizer.decode(generated[0], skip_special_tokens=True)
-    print(f"reloaded with AutoModelForCausalLM.from_pretrained; a sample:\n\n{sample}\n")
     return {**metrics, "sample": sample, "output": str(folder)}

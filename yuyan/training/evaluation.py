@@ -33,7 +33,6 @@ The NLL of a token is `-log softmax(logits)[target]`, computed in float32 whatev
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -43,9 +42,10 @@ from typing import Any
 
 import torch
 
+from yuyan.loading import load_model_and_tokenizer, resolve_model_folder
+
 DEFAULT_MAX_BLOCK_SIZE = 1024
 DEFAULT_BATCH_SIZE = 8
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -177,66 +177,14 @@ def evaluate_text(
     Raises:
         ValueError: empty text, bad settings, a tokenizer without eos/bos, or ids outside the model's vocabulary.
     """
-    if not isinstance(text, str):
-        raise ValueError(f"text must be a string, got {type(text).__name__}")
-    if not text:
-        raise ValueError("the text is empty: nothing to evaluate")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if block_size is None:
-        block_size = default_block_size(model)
-    if stride is None:
-        stride = max(1, block_size // 2) if isinstance(block_size, int) else block_size
-    _check_window_args(block_size, stride)
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    if max_positions and block_size > max_positions:
-        warnings.warn(
-            f"block_size {block_size} is longer than the model's max_position_embeddings ({max_positions})",
-            stacklevel=2,
-        )
-
+    block_size, stride = _window_settings(model, text, block_size, stride, batch_size)
     ids = tokenize_text(tokenizer, text)
     if not ids:
         raise ValueError("the text gives no tokens: nothing to evaluate")
-    vocab_size = getattr(model.config, "vocab_size", None)
-    context_id = _context_token_id(tokenizer)
-    sequence = torch.tensor([context_id, *ids], dtype=torch.long)
-    if vocab_size is not None and int(sequence.max()) >= vocab_size:
-        raise ValueError(
-            f"the tokenizer gives id {int(sequence.max())}, but the model's vocabulary has {vocab_size} entries: "
-            "the tokenizer does not belong to this model"
-        )
-
+    sequence = _scored_sequence(model, tokenizer, ids)
     windows = sliding_windows(len(sequence), block_size, stride)
     token_nll = torch.full((len(ids),), math.nan, dtype=torch.float32) if return_token_nll else None
-    total_nll = 0.0
-    scored = 0
-    device = model.device
-    was_training = model.training
-    model.eval()
-    from tqdm.auto import tqdm
-
-    progress = tqdm(total=len(windows), desc="evaluating", unit="window", disable=not show_progress)
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(windows), batch_size):
-                batch = windows[start:start + batch_size]
-                inputs = torch.stack([sequence[begin:end] for begin, end, _ in batch]).to(device)
-                counts = [end - first for _, end, first in batch]
-                keep = max(counts) + 1  # the logits at the last `keep` positions; the very last one is unused
-                logits = model(input_ids=inputs, use_cache=False, logits_to_keep=keep).logits
-                for row, ((_, end, first), count) in enumerate(zip(batch, counts)):
-                    row_logits = logits[row, keep - 1 - count:keep - 1].float()
-                    targets = inputs[row, -count:]
-                    nll = torch.nn.functional.cross_entropy(row_logits, targets, reduction="none")
-                    total_nll += float(nll.double().sum())
-                    scored += count
-                    if token_nll is not None:
-                        token_nll[first - 1:end - 1] = nll.cpu()
-                progress.update(len(batch))
-    finally:
-        progress.close()
-        model.train(was_training)
+    total_nll, scored = _score_windows(model, sequence, windows, batch_size, token_nll, show_progress)
     if scored != len(ids):  # cannot happen: sliding_windows covers every target once
         raise RuntimeError(f"scored {scored} tokens out of {len(ids)}")
 
@@ -260,6 +208,73 @@ def evaluate_text(
     if token_nll is not None:
         result["token_nll"] = token_nll
     return result
+
+
+def _window_settings(model, text: Any, block_size: int | None, stride: int | None, batch_size: Any) -> tuple[int, int]:
+    """The checked `(block_size, stride)`, defaults filled in; the other arguments checked too."""
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a string, got {type(text).__name__}")
+    if not text:
+        raise ValueError("the text is empty: nothing to evaluate")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if block_size is None:
+        block_size = default_block_size(model)
+    if stride is None:
+        stride = max(1, block_size // 2) if isinstance(block_size, int) else block_size
+    _check_window_args(block_size, stride)
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions and block_size > max_positions:
+        warnings.warn(
+            f"block_size {block_size} is longer than the model's max_position_embeddings ({max_positions})",
+            stacklevel=3,
+        )
+    return block_size, stride
+
+
+def _scored_sequence(model, tokenizer, ids: list[int]) -> torch.Tensor:
+    """The end-of-text context token followed by the text's ids, checked against the model's vocabulary."""
+    sequence = torch.tensor([_context_token_id(tokenizer), *ids], dtype=torch.long)
+    vocab_size = getattr(model.config, "vocab_size", None)
+    if vocab_size is not None and int(sequence.max()) >= vocab_size:
+        raise ValueError(
+            f"the tokenizer gives id {int(sequence.max())}, but the model's vocabulary has {vocab_size} entries: "
+            "the tokenizer does not belong to this model"
+        )
+    return sequence
+
+
+def _score_windows(model, sequence: torch.Tensor, windows, batch_size: int, token_nll: torch.Tensor | None,
+                   show_progress: bool) -> tuple[float, int]:
+    """(total NLL, tokens scored) over the windows, `batch_size` at a time; fills `token_nll` when given."""
+    from tqdm.auto import tqdm
+
+    total_nll = 0.0
+    scored = 0
+    was_training = model.training
+    model.eval()
+    progress = tqdm(total=len(windows), desc="evaluating", unit="window", disable=not show_progress)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(windows), batch_size):
+                batch = windows[start:start + batch_size]
+                inputs = torch.stack([sequence[begin:end] for begin, end, _ in batch]).to(model.device)
+                counts = [end - first for _, end, first in batch]
+                keep = max(counts) + 1  # the logits at the last `keep` positions; the very last one is unused
+                logits = model(input_ids=inputs, use_cache=False, logits_to_keep=keep).logits
+                for row, ((_, end, first), count) in enumerate(zip(batch, counts)):
+                    row_logits = logits[row, keep - 1 - count:keep - 1].float()
+                    targets = inputs[row, -count:]
+                    nll = torch.nn.functional.cross_entropy(row_logits, targets, reduction="none")
+                    total_nll += float(nll.double().sum())
+                    scored += count
+                    if token_nll is not None:
+                        token_nll[first - 1:end - 1] = nll.cpu()
+                progress.update(len(batch))
+    finally:
+        progress.close()
+        model.train(was_training)
+    return total_nll, scored
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -289,53 +304,6 @@ def read_texts(files: Sequence[str | os.PathLike]) -> str:
     return "".join(parts)
 
 
-def load_model_and_tokenizer(model_dir: str | os.PathLike, *, dtype: str | torch.dtype = "float32", device=None):
-    """Load a saved Yuyan model folder (model + tokenizer) with the Auto classes; eval mode, on `device`.
-
-    `device` defaults to CUDA when available, else CPU.
-
-    Raises:
-        FileNotFoundError: the folder does not exist.
-        ValueError: not a saved Yuyan model folder, no tokenizer in it, or an unknown dtype.
-    """
-    import yuyan  # noqa: F401  (registers Yuyan with the Auto classes)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from yuyan.modeling.configuration_yuyan import YuyanConfig
-
-    path = Path(model_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"model folder not found: {path}")
-    if not path.is_dir():
-        raise ValueError(f"not a model folder: {path}")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{path} is not a saved model folder (no config.json)")
-    try:
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    except (ValueError, OSError, AttributeError) as error:
-        raise ValueError(f"cannot read {config_file}: {error}") from None
-    if model_type != YuyanConfig.model_type:
-        raise ValueError(f"{path} is not a Yuyan model (model_type {model_type!r}, expected {YuyanConfig.model_type!r})")
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        dtype = DTYPES[dtype]
-    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        raise ValueError(f"{path} has no tokenizer (no tokenizer.json or tokenizer_config.json); save one with the model")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot load the tokenizer in {path}: {error}") from None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot load the model in {path}: {error}") from None
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), tokenizer
-
-
 def evaluate_files(
     model_or_dir,
     files: Sequence[str | os.PathLike],
@@ -350,8 +318,8 @@ def evaluate_files(
 ) -> dict[str, Any]:
     """Evaluate a model on the text of `files` (read whole as UTF-8, joined as they are, in order).
 
-    `model_or_dir` is a saved model folder (loaded by `load_model_and_tokenizer` with `dtype` and `device`) or a
-    model object, in which case `tokenizer` is required and `dtype` / `device` are ignored. The result is that of
+    `model_or_dir` is a saved Yuyan model folder (loaded by `yuyan.loading.load_model_and_tokenizer` with `dtype`
+    and `device`) or a model object, in which case `tokenizer` is required and `dtype` / `device` are ignored. The result is that of
     `evaluate_text`, plus `files` and, for a folder, `model`.
     """
     is_folder = isinstance(model_or_dir, (str, os.PathLike))
@@ -362,14 +330,15 @@ def evaluate_files(
     if isinstance(files, (str, os.PathLike)):
         files = [files]
     if is_folder:
-        path = Path(model_or_dir)
-        if not path.exists():  # a missing model is reported before a problem with the data
-            raise FileNotFoundError(f"model folder not found: {path}")
+        # A missing or incomplete model folder is reported before a problem with the data; a name that is not a
+        # local folder is not looked up on the Hub.
+        if resolve_model_folder(model_or_dir, yuyan_only=True) is None:
+            raise FileNotFoundError(f"model folder not found: {model_or_dir} does not exist")
     text = read_texts(files)
     if not text:
         raise ValueError(f"the data files are empty: {', '.join(str(f) for f in files)}")
     if is_folder:
-        model, loaded_tokenizer = load_model_and_tokenizer(model_or_dir, dtype=dtype, device=device)
+        model, loaded_tokenizer = load_model_and_tokenizer(model_or_dir, dtype=dtype, device=device, yuyan_only=True)
         tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
         model_name = str(model_or_dir)
     else:
@@ -381,70 +350,3 @@ def evaluate_files(
     if model_name is not None:
         result["model"] = model_name
     return result
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line: `yuyan eval`
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def add_eval_command(subparsers) -> None:
-    """Add `yuyan eval` to the `yuyan` command's subparsers."""
-    from yuyan.cli import positive_int
-
-    import argparse
-
-    parser = subparsers.add_parser(
-        "eval",
-        help="perplexity, bits per byte and word perplexity of a saved model on text files",
-        description=(
-            "Score every token of the files' text (read whole, joined in order) with sliding windows, and report "
-            "token perplexity, bits per byte and word-level perplexity (WikiText word count)."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--model", required=True, metavar="DIR", help="saved Yuyan model folder (model and tokenizer)")
-    parser.add_argument("--data", required=True, nargs="+", metavar="FILE", help="UTF-8 text files")
-    parser.add_argument(
-        "--block-size", type=positive_int, metavar="N",
-        help="window length in tokens (default: max_position_embeddings, at most 1024)",
-    )
-    parser.add_argument("--stride", type=positive_int, metavar="N", help="window step in tokens (default: block size // 2)")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N", help="windows per forward pass")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype the model runs in")
-    parser.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
-    parser.set_defaults(handler=_run_eval)
-
-
-def format_results(result: dict[str, Any]) -> str:
-    """A small table of the metrics and the counts."""
-    rows = [
-        ("perplexity", f"{result['perplexity']:.4f}"),
-        ("bits per byte", f"{result['bits_per_byte']:.4f}"),
-        ("word perplexity", f"{result['word_perplexity']:.4f}"),
-        ("loss (nats/token)", f"{result['loss']:.4f}"),
-        ("total NLL (nats)", f"{result['nll']:.2f}"),
-        ("tokens", f"{result['tokens']:,}"),
-        ("bytes", f"{result['bytes']:,}"),
-        ("words", f"{result['words']:,}"),
-        ("block size / stride", f"{result['block_size']} / {result['stride']}"),
-        ("windows / batch size", f"{result['windows']:,} / {result['batch_size']}"),
-        ("dtype", result["dtype"]),
-    ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
-
-
-def _run_eval(args) -> None:
-    result = evaluate_files(
-        args.model, args.data, block_size=args.block_size, stride=args.stride, batch_size=args.batch_size,
-        dtype=args.dtype, device=args.device,
-    )
-    print(f"{args.model} on {', '.join(args.data)}")
-    print(format_results(result))
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {path}")

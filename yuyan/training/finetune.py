@@ -56,7 +56,6 @@ metrics.json is written last: its presence means the run finished.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -64,7 +63,6 @@ import os
 import platform
 import sys
 import time
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -678,116 +676,15 @@ def load_finetuned(folder: str | os.PathLike, **kwargs):
     return PeftModel.from_pretrained(model, str(folder))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------------
-
-ARGUMENT_GROUPS = (
-    ("task", FinetuneArguments),
-    ("data", DataArguments),
-    ("LoRA", LoraArguments),
-)
-
-
-def _add_dataclass_arguments(parser: argparse.ArgumentParser, title: str, dtype) -> None:
-    """The flags `HfArgumentParser` would add for `dtype`, on an argument group of an existing (sub)parser."""
-    from transformers import HfArgumentParser
-
-    group = parser.add_argument_group(title)
-    hints = typing.get_type_hints(dtype)
-    for item in dataclasses.fields(dtype):
-        if not item.init:
-            continue
-        resolved = copy.copy(item)
-        resolved.type = hints[item.name]
-        HfArgumentParser._parse_dataclass_field(group, resolved)
-
-
-def _unescape(value: str | None) -> str | None:
-    """`\\t` and `\\n` typed on a command line mean a tab and a newline."""
-    if value is None:
-        return None
-    return value.replace("\\t", "\t").replace("\\n", "\n")
-
-
-def add_finetune_command(subparsers) -> argparse.ArgumentParser:
-    """`yuyan finetune`: every field of the three dataclasses above and of `TrainingArguments` is a flag."""
-    from transformers import TrainingArguments
-
-    parser = subparsers.add_parser(
-        "finetune",
-        help="fine-tune a Yuyan model for a task (Trainer): classification, tagging, QA, generation; LoRA",
-        description="Fine-tune a pretrained Yuyan model with the transformers Trainer. Every TrainingArguments "
-        "field is a flag (--learning_rate or --learning-rate).",
-        allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    for title, dtype in ARGUMENT_GROUPS:
-        _add_dataclass_arguments(parser, title, dtype)
-    _add_dataclass_arguments(parser, "training (transformers.TrainingArguments)", TrainingArguments)
-    parser.add_argument("--output", dest="output_dir", default=argparse.SUPPRESS,
-                        help="the output folder (--output_dir)")
-    parser.set_defaults(handler=run_finetune_command, use_cpu=None, **TRAINING_DEFAULTS)
-    return parser
-
-
-def split_namespace(args: argparse.Namespace) -> tuple[FinetuneArguments, DataArguments, LoraArguments, Any]:
-    """The parsed flags as the four argument objects."""
-    from transformers import TrainingArguments
-
-    values = vars(args)
-
-    def pick(dtype) -> dict[str, Any]:
-        return {f.name: values[f.name] for f in dataclasses.fields(dtype) if f.init and f.name in values}
-
-    finetune_args = FinetuneArguments(**pick(FinetuneArguments))
-    data_args = DataArguments(**pick(DataArguments))
-    data_args.delimiter = _unescape(data_args.delimiter)
-    data_args.prompt_suffix = _unescape(data_args.prompt_suffix)
-    lora_args = LoraArguments(**pick(LoraArguments))
-    training_values = pick(TrainingArguments)
-    if not training_values.get("output_dir"):
-        raise ValueError("give the output folder: --output DIR")
-    if training_values.get("use_cpu") is None:
-        training_values["use_cpu"] = not _accelerator_available()
-    return finetune_args, data_args, lora_args, TrainingArguments(**training_values)
-
-
-def run_finetune_command(args: argparse.Namespace) -> None:
-    finetune_args, data_args, lora_args, training_args = split_namespace(args)
-    result = finetune(
-        finetune_args.task,
-        finetune_args.model_name_or_path,
-        finetune_args.train_file,
-        finetune_args.validation_file,
-        training_args.output_dir,
-        training_args=training_args,
-        data_args=data_args,
-        lora_args=lora_args,
-        tokenizer=finetune_args.tokenizer_name_or_path,
-        overwrite=finetune_args.overwrite,
-        ignore_mismatched_sizes=finetune_args.ignore_mismatched_sizes,
-        test_file=finetune_args.test_file,
-    )
-    shown = ", ".join(f"{name} {value:.4g}" for name, value in result["metrics"].items())
-    print(f"{result['task']}: {shown} (validation); saved to {training_args.output_dir}")
-    if result.get("test_metrics"):
-        print(f"{result['task']}: " + ", ".join(f"{name} {value:.4g}" for name, value in result["test_metrics"].items())
-              + f" (test: {finetune_args.test_file})")
-
-
 __all__ = [
     "DataArguments",
     "FinetuneArguments",
     "LoraArguments",
     "TRAINING_DEFAULTS",
-    "add_finetune_command",
     "apply_lora",
     "check_yuyan_model",
     "finetune",
     "load_finetuned",
     "make_training_arguments",
-    "run_finetune_command",
-    "split_namespace",
     "tokenization_with_pair_separator",
 ]

@@ -1,13 +1,11 @@
-"""`yuyan tokenizer ...`: the command-line front of `yuyan.tokenization` (argument parsing only)."""
+"""`yuyan tokenizer train`: the command-line front of `yuyan.tokenization` (argument parsing and the summary)."""
 
 from __future__ import annotations
 
 import argparse
-import re
 
-from yuyan.cli import positive_int
-
-from .bpe import (
+from yuyan.cli.types import parse_size, positive_int
+from yuyan.tokenization.bpe import (
     DEFAULT_CHAT_TEMPLATE,
     DEFAULT_MAX_TOKEN_BYTES,
     DEFAULT_MIN_FREQUENCY,
@@ -15,24 +13,9 @@ from .bpe import (
     DEFAULT_VOCAB_SIZE,
 )
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
 
-
-def parse_size(value: str) -> int:
-    """'500000', '200K', '1.5M', '2G', '64MiB' -> bytes (K/M/G/T are powers of 1000, KiB/MiB/... of 1024)."""
-    match = _SIZE.match(value)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {value!r} (examples: 500000, 200K, 1.5M, 2G, 64MiB)")
-    number, unit, binary = match.groups()
-    power = "kmgt".find(unit.lower()) + 1 if unit else 0
-    size = int(float(number) * (1024 if binary else 1000) ** power)
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {value!r}")
-    return size
-
-
-def add_tokenizer_commands(subparsers) -> None:
-    tokenizer = subparsers.add_parser("tokenizer", help="train a byte-level BPE or word-level tokenizer")
+def build(subparsers, name: str, help: str):
+    tokenizer = subparsers.add_parser(name, help=help)
     commands = tokenizer.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
     tokenizer.set_defaults(handler=lambda args: tokenizer.print_help())
 
@@ -85,12 +68,13 @@ def add_tokenizer_commands(subparsers) -> None:
     progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
     train.set_defaults(handler=run_train)
+    return tokenizer
 
 
 def run_train(args) -> None:
-    from .bpe import _train
-    from .data import iter_dataset_texts
-    from .word import _train_word
+    from yuyan.tokenization.bpe import _train
+    from yuyan.tokenization.data import iter_dataset_texts
+    from yuyan.tokenization.word import _train_word
 
     if (args.data is None) == (args.dataset is None):
         raise ValueError("give the corpus with exactly one of --data PATH... or --dataset NAME")

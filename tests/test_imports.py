@@ -1,0 +1,144 @@
+"""The direction of imports inside the package: the command line sits on top of the library, never under it.
+
+Read from the source with `ast` (nothing is imported), so the test also sees imports inside functions. What counts:
+
+- an import of `yuyan.cli` (or one of its modules) anywhere in a module outside `yuyan/cli/`, at module level or
+  inside a function, is a library module depending on the command line: not allowed (`yuyan/__main__.py`, the
+  `python -m yuyan` entry point, is the command line's, not the library's);
+- a cycle is a loop in the graph of *module-level* imports between yuyan's modules (statements run when the module
+  is imported, including those under a module-level `if` / `try`; not those inside functions or classes, which run
+  later). `from yuyan.a import b` counts as an import of `yuyan.a.b` when that is a module, else of `yuyan.a`.
+  The implicit import of a parent package (importing `yuyan.a.b` runs `yuyan/a/__init__.py`) is not counted: it
+  would make every package `__init__` that re-exports its submodules a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import yuyan
+
+PACKAGE_DIR = Path(yuyan.__file__).resolve().parent
+CLI = "yuyan.cli"
+ENTRY_POINTS = {"yuyan.__main__"}  # `python -m yuyan`: part of the command line
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, tuple[Path, ast.Module]]:
+    found = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        found[_module_name(path)] = (path, ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    return found
+
+
+MODULES = _modules()
+
+
+def _resolve(module: str, path: Path, node: ast.ImportFrom) -> str:
+    """The absolute name of the module a `from ... import` reads from."""
+    if not node.level:
+        return node.module or ""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for _ in range(node.level - 1):
+        package = package.rpartition(".")[0]
+    return f"{package}.{node.module}" if node.module else package
+
+
+def _imported(module: str, path: Path, node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        base = _resolve(module, path, node)
+        names = [f"{base}.{alias.name}" for alias in node.names]
+        return [name if name in MODULES else base for name in names]
+    return []
+
+
+def _module_level(tree: ast.Module):
+    """The statements run at import time: the module's body, descending into if/try/with, not into defs."""
+    pending = list(tree.body)
+    while pending:
+        node = pending.pop()
+        yield node
+        if isinstance(node, (ast.If, ast.Try, ast.With)):
+            for name in ("body", "orelse", "finalbody"):
+                pending.extend(getattr(node, name, []) or [])
+            for handler in getattr(node, "handlers", []) or []:
+                pending.extend(handler.body)
+
+
+def _is_cli(name: str) -> bool:
+    return name == CLI or name.startswith(CLI + ".")
+
+
+def test_the_walk_sees_the_package():
+    # A walk that found nothing would pass the tests below vacuously.
+    assert {"yuyan", "yuyan.cli", "yuyan.generate", "yuyan.loading", "yuyan.training.evaluation"} <= set(MODULES)
+    graph = _graph()
+    assert "yuyan.modeling.modeling_yuyan" in graph["yuyan.modeling"]
+
+
+def test_no_library_module_imports_the_command_line():
+    offenders = []
+    for module, (path, tree) in MODULES.items():
+        if _is_cli(module) or module in ENTRY_POINTS:
+            continue
+        for node in ast.walk(tree):
+            for name in _imported(module, path, node):
+                if _is_cli(name):
+                    offenders.append(f"{path.relative_to(PACKAGE_DIR.parent)}:{node.lineno} imports {name}")
+    assert not offenders, "library modules import the CLI:\n" + "\n".join(offenders)
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module, (path, tree) in MODULES.items():
+        edges = set()
+        for node in _module_level(tree):
+            edges.update(name for name in _imported(module, path, node) if name in MODULES and name != module)
+        graph[module] = edges
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of `graph` as a path (first == last), or None (depth-first search, three colours)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return stack[stack.index(target):] + [target]
+            if target not in state:
+                found = visit(target)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_find_cycle_finds_one():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycle_at_module_level():
+    cycle = _find_cycle(_graph())
+    assert cycle is None, "module-level import cycle: " + " -> ".join(cycle)
