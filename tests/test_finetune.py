@@ -355,12 +355,14 @@ def test_errors_are_found_before_training(tmp_path, base_model):
     other = tmp_path / "gpt2"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(ValueError, match="not a Yuyan model: its config.json has model_type='gpt2'"):
+    with pytest.raises(ValueError, match="not a Yuyan model .model_type 'gpt2'"):
         ft.finetune("classification", str(other), train, validation, out)
     with pytest.raises(ValueError, match="no config.json"):
         ft.finetune("classification", str(tmp_path), train, validation, out)
-    with pytest.raises(ValueError, match="cannot find the model"):
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
         ft.finetune("classification", str(tmp_path / "missing-model"), train, validation, out)
+    with pytest.raises(ValueError, match="cannot find the model"):
+        ft.finetune("classification", "no-such-owner/no-such-model", train, validation, out)
     with pytest.raises(ValueError, match="unknown training arguments"):
         ft.finetune("classification", base_model, train, validation, out, training_args={"learning_rat": 1e-3})
     with pytest.raises(ValueError, match="unknown task"):

@@ -589,11 +589,11 @@ def test_limits_stop_reading():
 def test_max_texts_and_bytes_in_training(tmp_path):
     path = tmp_path / "big.txt"
     path.write_text("".join(f"line number {i} with words\n" for i in range(5000)))
-    from yuyan.tokenization.bpe import _train
+    from yuyan.tokenization.bpe import train_tokenizer
 
-    _, stats = _train(files=[path], vocab_size=300, max_texts=100)
+    _, stats = train_tokenizer(files=[path], vocab_size=300, max_texts=100, return_stats=True)
     assert stats.texts == 100
-    _, stats = _train(files=[path], vocab_size=300, max_bytes=1000)
+    _, stats = train_tokenizer(files=[path], vocab_size=300, max_bytes=1000, return_stats=True)
     assert 1000 <= stats.bytes < 1100
 
 

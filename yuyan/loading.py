@@ -66,8 +66,11 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def resolve_model_folder(name_or_path: str | os.PathLike, *, yuyan_only: bool = False) -> str | None:
-    """The expanded local folder to load from, or None for a Hub id; raises for a folder that cannot be loaded."""
+def resolve_model_folder(
+    name_or_path: str | os.PathLike, *, yuyan_only: bool = False, need_tokenizer: bool = True
+) -> str | None:
+    """The expanded local folder to load from, or None for a Hub id; raises for a folder that cannot be loaded.
+    `need_tokenizer=False` for callers that take the tokenizer from elsewhere (`yuyan finetune --tokenizer`)."""
     name = str(name_or_path)
     folder = os.path.expanduser(name)
     if not os.path.exists(folder):
@@ -78,6 +81,11 @@ def resolve_model_folder(name_or_path: str | os.PathLike, *, yuyan_only: bool = 
         raise ValueError(f"{name} is a file, not a model folder")
     config_file = os.path.join(folder, "config.json")
     if not os.path.isfile(config_file):
+        if os.path.isfile(os.path.join(folder, "adapter_config.json")):
+            raise ValueError(
+                f"{name} holds a LoRA adapter, not a model (no config.json): use its base model, or a merged model "
+                "(yuyan finetune --merge)"
+            )
         raise ValueError(f"{name} is not a saved model folder (no config.json)")
     if yuyan_only:
         from yuyan.modeling.configuration_yuyan import YuyanConfig
@@ -96,7 +104,7 @@ def resolve_model_folder(name_or_path: str | os.PathLike, *, yuyan_only: bool = 
             f"{name} holds no model weights (model.safetensors or pytorch_model.bin): "
             "is it the model folder that `yuyan pretrain` wrote?"
         )
-    if not any(os.path.isfile(os.path.join(folder, file)) for file in TOKENIZER_FILES):
+    if need_tokenizer and not any(os.path.isfile(os.path.join(folder, file)) for file in TOKENIZER_FILES):
         raise ValueError(f"{name} has no tokenizer (no tokenizer.json or tokenizer_config.json); save one with the model")
     return folder
 

@@ -30,7 +30,7 @@ def run(args) -> None:
     from yuyan.training.pretrain import PretrainArguments, parse_overrides, pretrain, resolve_config
 
     explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainArguments)}
-    model_values, arguments = resolve_config(args.config, parse_overrides(args.set), explicit)
-    metrics = pretrain(arguments, model_values)
+    settings, arguments = resolve_config(args.config, parse_overrides(args.set), explicit)
+    metrics = pretrain(arguments, settings)
     print(f"validation perplexity {metrics['validation_perplexity']:.2f} after {metrics['steps']} steps; "
           f"model saved to {arguments.output}")

@@ -72,9 +72,9 @@ def build(subparsers, name: str, help: str):
 
 
 def run_train(args) -> None:
-    from yuyan.tokenization.bpe import _train
+    from yuyan.tokenization.bpe import train_tokenizer
     from yuyan.tokenization.data import iter_dataset_texts
-    from yuyan.tokenization.word import _train_word
+    from yuyan.tokenization.word import train_word_tokenizer
 
     if (args.data is None) == (args.dataset is None):
         raise ValueError("give the corpus with exactly one of --data PATH... or --dataset NAME")
@@ -93,12 +93,13 @@ def run_train(args) -> None:
         output_dir=args.output,
         overwrite=args.overwrite,
         show_progress=args.progress,
+        return_stats=True,
     )
     if args.model == "word":
         common["min_frequency"] = args.min_frequency or 1
-        train = _train_word  # the same corpus arguments, another model
+        train = train_word_tokenizer  # the same corpus arguments, another model
     else:
-        train = _train
+        train = train_tokenizer
         common.update(
             vocab_size=args.vocab_size or DEFAULT_VOCAB_SIZE,
             min_frequency=args.min_frequency or DEFAULT_MIN_FREQUENCY,

@@ -23,7 +23,6 @@ string back.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import os
@@ -364,9 +363,6 @@ def train_tokenizer(
         save_tokenizer(tokenizer, output_dir, overwrite=overwrite)
     return (tokenizer, stats) if return_stats else tokenizer
 
-
-# The trainer with its corpus statistics (`yuyan tokenizer train` prints them).
-_train = functools.partial(train_tokenizer, return_stats=True)
 
 
 def _check_wrapper_args(model_max_length: Any, padding_side: Any) -> None:

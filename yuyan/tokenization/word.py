@@ -20,7 +20,6 @@ perplexity and word perplexity are the same number.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -113,9 +112,6 @@ def train_word_tokenizer(
     return train_tokenizer(texts, vocab_size=vocab_size, min_frequency=min_frequency, chat_template=chat_template,
                            max_token_bytes=None, model=WORD_LEVEL, **options)
 
-
-# The trainer with its corpus statistics (`yuyan tokenizer train --model word` prints them).
-_train_word = functools.partial(train_word_tokenizer, return_stats=True)
 
 
 __all__ = ["LINE_END", "UNK", "build_word_backend_tokenizer", "train_word_tokenizer"]

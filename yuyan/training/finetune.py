@@ -208,28 +208,13 @@ def _coerce(kind, value, name: str):
 
 
 def check_yuyan_model(name_or_path: str) -> str:
-    """The model's path (absolute for a folder) after checking that it is a Yuyan model; ValueError if not."""
-    path = Path(name_or_path)
-    if path.exists():
-        if not path.is_dir():
-            raise ValueError(f"{name_or_path} is a file; give the model's folder")
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            if (path / "adapter_config.json").is_file():
-                raise ValueError(
-                    f"{name_or_path} holds a LoRA adapter, not a model: fine-tune its base model, or a merged "
-                    "model (--merge)"
-                )
-            raise ValueError(f"{name_or_path} is not a Yuyan model folder: it has no config.json")
-        try:
-            model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
-            raise ValueError(f"{config_file} is not a model configuration: {error}") from None
-        if model_type != "yuyan":
-            raise ValueError(
-                f"{name_or_path} is not a Yuyan model: its config.json has model_type={model_type!r}, not 'yuyan'"
-            )
-        return str(path.resolve())
+    """The model's path (absolute for a folder) after checking that it is a Yuyan model, with the loader's checks
+    for a local folder (`yuyan.loading`); ValueError / FileNotFoundError if not."""
+    from yuyan.loading import resolve_model_folder
+
+    folder = resolve_model_folder(name_or_path, yuyan_only=True, need_tokenizer=False)
+    if folder is not None:
+        return str(Path(folder).resolve())
     from transformers import AutoConfig
 
     try:
