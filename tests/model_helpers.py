@@ -1,6 +1,12 @@
-"""Tiny Yuyan models for tests: one per stack, small enough that a forward pass takes milliseconds."""
+"""Tiny Yuyan models for tests: one per stack, small enough that a forward pass takes milliseconds; and a way to
+run a script where `yuyan` cannot be imported (what a machine without the package sees)."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import torch
 
@@ -51,3 +57,29 @@ def generation_model(stack: str, **overrides) -> YuyanForCausalLM:
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = PAD
     return model
+
+
+BLOCK_YUYAN = """
+import sys
+
+class BlockYuyan:
+    def find_spec(self, name, path=None, target=None):
+        if name == "yuyan" or name.startswith("yuyan."):
+            raise ImportError("yuyan is blocked in this process")
+
+sys.meta_path.insert(0, BlockYuyan())
+try:
+    import yuyan
+    raise SystemExit("yuyan was importable")
+except ImportError:
+    pass
+"""
+
+
+def run_without_yuyan(script: str, tmp_path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    # Run from a folder that does not hold the package, so that only the saved files can supply the code.
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_YUYAN + textwrap.dedent(script)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import re
 import shutil
 from pathlib import Path
@@ -17,61 +16,13 @@ import pytest
 from huggingface_hub import ModelCard
 
 import yuyan  # noqa: F401  (registers the model: save_pretrained writes auto_map and copies the code)
-from yuyan import YuyanConfig, YuyanForCausalLM
 from yuyan.cards import template_path, write_model_card
 from yuyan.cli import build_parser
 from yuyan.training.tasks import TASKS, task_for_pipeline
 
-WORDS = ("the cat sat on a mat and the dog ran to see what was in the box while birds sang songs of summer rain "
-         "under a quiet grey sky near the old stone bridge").split()
-TINY = ["--config", "tiny-hybrid", "--set", "hidden_size=32", "--set", "num_hidden_layers=2",
-        "--set", "intermediate_size=48", "--set", "num_attention_heads=4", "--set", "num_key_value_heads=2",
-        "--set", "max_position_embeddings=64"]
+from run_helpers import build_model_folder, pretrain_tiny, train_tiny_tokenizer
+
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{%|%\}")
-
-
-def paragraphs(count: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(15, 40))) for _ in range(count)]
-
-
-def train_tiny_tokenizer(output_dir: Path):
-    from yuyan.tokenization import train_tokenizer
-
-    return train_tokenizer(texts=paragraphs(120, seed=0), vocab_size=300, output_dir=output_dir)
-
-
-def build_model_folder(folder: Path, tokenizer_dir: Path, seed: int = 0) -> YuyanForCausalLM:
-    """A tiny hybrid model saved with its tokenizer (no metrics, no card)."""
-    import torch
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(seed)
-    model = YuyanForCausalLM(YuyanConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, layer_types=["lstm", "full_attention"],
-        num_attention_heads=4, num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    ))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return model
-
-
-def pretrain_tiny(root: Path, save_steps: int = 1000) -> Path:
-    """A real (three-step) `yuyan pretrain` run; returns its output folder."""
-    from yuyan.cli import main
-
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "train.txt").write_text("\n\n".join(paragraphs(60, seed=1)) + "\n")
-    (root / "valid.txt").write_text("\n\n".join(paragraphs(12, seed=2)) + "\n")
-    train_tiny_tokenizer(root / "tokenizer")
-    out = root / "run"
-    code = main(["pretrain", *TINY, "--data", str(root / "train.txt"), "--validation-data", str(root / "valid.txt"),
-                 "--tokenizer", str(root / "tokenizer"), "--block-size", "16", "--batch-size", "4", "--max-steps", "3",
-                 "--save-steps", str(save_steps), "--output", str(out)])
-    assert code == 0
-    return out
 
 
 def finetune_metrics(task: str, scores: dict, parameters: int, **extra) -> dict:

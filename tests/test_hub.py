@@ -31,7 +31,7 @@ from yuyan import YuyanForCausalLM
 from yuyan.cli import build_parser
 from yuyan.hub import EXCLUDED_PATTERNS, files_to_upload, missing_model_files, public_file_bytes, public_text
 
-from test_cards import build_model_folder, pretrain_tiny, train_tiny_tokenizer
+from run_helpers import build_model_folder, pretrain_tiny, train_tiny_tokenizer
 
 HUB_SERVER = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "hub_server.py"
 TEXT = "the cat sat on the mat near the old stone bridge"

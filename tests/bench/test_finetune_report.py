@@ -18,7 +18,7 @@ import torch
 from yuyan import YuyanConfig, YuyanForCausalLM
 from yuyan.tokenization import train_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED / "sst2" / "train.tsv").is_file(), reason="../shared/data absent")
 

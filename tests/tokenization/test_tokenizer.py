@@ -37,7 +37,7 @@ from yuyan.tokenization import (
 )
 from yuyan.tokenization import data as data_module
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is not present beside the repository")
 
 NAMED_CASES = {

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from model_helpers import STACKS, random_ids, tiny_config
+from model_helpers import STACKS, random_ids, run_without_yuyan, tiny_config
 from yuyan import (
     YuyanConfig,
     YuyanForCausalLM,
@@ -104,32 +103,6 @@ def test_saved_folder_carries_auto_map_and_self_contained_code(tmp_path):
     for name in ("configuration_yuyan.py", "modeling_yuyan.py"):
         source = (tmp_path / name).read_text()
         assert not re.search(r"^\s*(import|from) yuyan\b", source, re.MULTILINE), f"{name} imports the yuyan package"
-
-
-BLOCK_YUYAN = """
-import sys
-
-class BlockYuyan:
-    def find_spec(self, name, path=None, target=None):
-        if name == "yuyan" or name.startswith("yuyan."):
-            raise ImportError("yuyan is blocked in this process")
-
-sys.meta_path.insert(0, BlockYuyan())
-try:
-    import yuyan
-    raise SystemExit("yuyan was importable")
-except ImportError:
-    pass
-"""
-
-
-def run_without_yuyan(script: str, tmp_path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    # Run from a folder that does not hold the package, so that only the saved files can supply the code.
-    return subprocess.run(
-        [sys.executable, "-c", BLOCK_YUYAN + textwrap.dedent(script)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.mark.parametrize("stack", ["lstm", "hybrid"])
@@ -267,7 +240,7 @@ def test_a_language_model_checkpoint_loads_into_a_task_head(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    from test_cards import train_tiny_tokenizer
+    from run_helpers import train_tiny_tokenizer
 
     folder = tmp_path_factory.mktemp("tokenizer")
     train_tiny_tokenizer(folder)

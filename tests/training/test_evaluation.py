@@ -26,7 +26,7 @@ from yuyan.training.evaluation import (
     tokenize_text,
 )
 
-WIKITEXT2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
+WIKITEXT2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2"
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. " * 3,

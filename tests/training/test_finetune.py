@@ -28,7 +28,7 @@ from yuyan.training.tasks import base as task_base
 from yuyan.training.tasks import classification, generation, question_answering as qa, tagging
 from yuyan.training.tasks.data import load_table
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 FRUIT = "apple banana cherry grape lemon mango".split()
 PLACES = "river mountain ocean forest desert valley".split()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from test_pretrain import TINY, corpus, data_flags, free_port  # noqa: F401  (corpus is a fixture)
+from run_helpers import TINY, data_flags, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
 TIMEOUT = 180  # a run that reaches a barrier nobody else reaches would wait for gloo's 30 minutes
 
@@ -63,7 +63,7 @@ def launch(config: Path, script: list[str], *flags: str, cwd: Path) -> subproces
 
 
 @pytest.mark.parametrize("case", ["output holds another run", "tokenizer training fails"])
-def test_a_check_failing_on_the_main_process_stops_every_process(tmp_path, corpus, case):  # noqa: F811
+def test_a_check_failing_on_the_main_process_stops_every_process(tmp_path, corpus, case):
     out = tmp_path / "out"
     flags = [*TINY, *data_flags(corpus), "--block-size", "16", "--batch-size", "2", "--max-steps", "2"]
     if case == "output holds another run":
@@ -94,7 +94,7 @@ def test_a_check_failing_on_the_main_process_stops_every_process(tmp_path, corpu
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_an_fsdp_launch_on_cpus_is_refused_with_the_reason(tmp_path, corpus):  # noqa: F811
+def test_an_fsdp_launch_on_cpus_is_refused_with_the_reason(tmp_path, corpus):
     """Accelerate (1.x, state.py) makes a launch FSDP only when its processes use GPUs or other accelerators; with
     CPU processes (gloo) it sets up DDP and ignores the FSDP settings. Training on would silently hold a whole
     model per process; `yuyan pretrain` says so instead. torch's own `fully_shard` does run on CPU with gloo: if

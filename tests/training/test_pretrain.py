@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -24,55 +23,13 @@ from yuyan.training.data import TextSource, load_documents, python_documentation
 from yuyan.training.pretrain import (
     EpochShuffleSampler,
     ModelSettings,
-    PretrainArguments,
     resolve_config,
 )
 from yuyan.training.records import read_metrics, read_run
 
-REPO = Path(__file__).resolve().parents[1]
-WORDS = ("the cat sat on a mat and the dog ran to see what was in the box while birds sang songs of summer rain "
-         "under a quiet grey sky near the old stone bridge").split()
-# A two-layer hybrid (lstm, attention), 32 wide: every step takes milliseconds.
-TINY = ["--config", "tiny-hybrid", "--set", "hidden_size=32", "--set", "num_hidden_layers=2",
-        "--set", "intermediate_size=48", "--set", "num_attention_heads=4", "--set", "num_key_value_heads=2",
-        "--set", "max_position_embeddings=64"]
+from run_helpers import TINY, data_flags, free_port, run_cli
 
-
-def paragraphs(count: int, seed: int) -> str:
-    rng = random.Random(seed)
-    return "".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(15, 40))) + "\n\n" for _ in range(count))
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "train.txt").write_text(paragraphs(60, seed=1))
-    (root / "valid.txt").write_text(paragraphs(12, seed=2))
-    from yuyan.tokenization import train_tokenizer
-
-    train_tokenizer(files=[root / "train.txt"], vocab_size=320, output_dir=root / "tokenizer", txt_split="paragraph")
-    return {"train": root / "train.txt", "valid": root / "valid.txt", "tokenizer": root / "tokenizer"}
-
-
-def data_flags(corpus) -> list[str]:
-    return ["--data", str(corpus["train"]), "--validation-data", str(corpus["valid"]),
-            "--tokenizer", str(corpus["tokenizer"])]
-
-
-def free_port() -> int:
-    """A port no other job on the machine listens on (Accelerate's default, 29500, may be taken by one)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, "-m", "yuyan.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=600, **kwargs)
-
+REPO = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration
