@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,9 @@ def run(args) -> None:
     print(f"{args.model} on {', '.join(args.data)}")
     print(format_results(result))
     if args.json:
+        from yuyan.files import write_json_atomic
+
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(path, result)
         print(f"wrote {path}")

@@ -16,9 +16,7 @@ DEMO_PROMPT = "The assert statement"
 def run_demo(output: str = "runs/demo", minutes: float = 3.0, preset: str = "tiny-hybrid", seed: int = 0,
              overwrite: bool = True) -> dict:
     """Train and reload the demo model; returns the run's metrics plus `sample` (a generation) and `output`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import yuyan  # noqa: F401  (registers the Auto classes for the reload below)
+    from yuyan.loading import load_model_and_tokenizer
     from yuyan.training.pretrain import PretrainArguments, pretrain
 
     args = PretrainArguments(
@@ -42,8 +40,7 @@ def run_demo(output: str = "runs/demo", minutes: float = 3.0, preset: str = "tin
     metrics = pretrain(args, {"preset": preset, "vocab_size": 4096})
     folder = Path(output).resolve()
 
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model, tokenizer = load_model_and_tokenizer(folder, device="cpu")
     inputs = tokenizer(DEMO_PROMPT, return_tensors="pt")
     torch.manual_seed(seed)
     generated = model.generate(**inputs, max_new_tokens=60, do_sample=True, top_p=0.9, temperature=0.8,
