@@ -44,6 +44,8 @@ def train_yuyan(kind: str, args, tokenizer_dir: Path, output: Path) -> dict:
         "--eval-steps", "100000", "--save-steps", "100000", "--logging-steps", "20", "--overwrite",
         "--block-size", str(args.block_size),
     ]
+    for setting in args.set or []:
+        command += ["--set", setting]
     subprocess.run(command, check=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
     from yuyan.training.records import read_metrics
 
@@ -170,6 +172,9 @@ def main() -> None:
                         help="documents of the training file (file: one stream, blank lines kept, as it is scored)")
     parser.add_argument("--mixed-precision", default="bf16", help="for the Yuyan runs (Llama keeps fp32, as run_clm)")
     parser.add_argument("--eval-chars", type=int, default=None, help="score only this many characters (smoke runs)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="passed to every Yuyan run's `yuyan pretrain --set` (a model or training field, e.g. "
+                             "optimizer=muon, learning_rate=0.003): a candidate recipe tried on every stack at once")
     args = parser.parse_args()
     if not DATA.exists():
         sys.exit(f"WikiText-2 not found at {DATA}")
@@ -182,6 +187,8 @@ def main() -> None:
         print(f"\n=== {name}: {args.minutes} minutes ===", flush=True)
         run = train_llama(args, tokenizer_dir, folder) if name == "llama" else train_yuyan(name, args, tokenizer_dir, folder)
         run["scores"] = evaluate(folder, args)
+        if name != "llama":
+            run["settings"] = args.set or []
         results[name] = run
         (args.output / "results.json").write_text(json.dumps(results, indent=1))
 
@@ -192,7 +199,8 @@ def main() -> None:
 
     vocabulary = len(AutoTokenizer.from_pretrained(tokenizer_dir))
     print(f"\n### WikiText-2, {args.minutes:g} minutes of training per model, 2-core CPU, "
-          f"{'the' if args.tokenizer else args.tokenizer_model} tokenizer ({vocabulary:,} tokens)\n")
+          f"{'the' if args.tokenizer else args.tokenizer_model} tokenizer ({vocabulary:,} tokens)"
+          f"{', Yuyan runs with ' + ' '.join(args.set) if args.set else ''}\n")
     print("| model | params | steps | tokens seen | tokens/s | train min | valid word ppl | test word ppl "
           "| test token ppl | test bits/byte |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
