@@ -68,7 +68,8 @@ def move_into(staging: Path, output: Path, last: tuple[str, ...] = ()) -> list[s
 
 def publish_folder(staging: Path, target: Path) -> None:
     """Rename `staging` to `target`. An existing `target` is first renamed aside and removed only once the new
-    folder is in place, so a kill leaves either the old folder or the new one under the name."""
+    folder is in place, so a kill never leaves a half-written folder and never loses the old one: it is under
+    the name, or (killed between the two renames) beside it as `.NAME.old-*`, until the new one is."""
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{staging.name}")
