@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from yuyan.files import publish_folder, staging_dir
+from yuyan.files import check_output_folder, publish_folder, staging_dir
 
 # Files that make up a saved tokenizer (whichever the tokenizer wrote); copied byte for byte.
 TOKENIZER_FILES = (
@@ -63,12 +63,7 @@ _SHARED_FIELDS = (
 
 
 def _check_output(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"the output {output_dir} is a file, not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ValueError(
-            f"the output folder {output_dir} is not empty; pass --overwrite (overwrite=True) to replace it"
-        )
+    check_output_folder(output_dir, overwrite, "pass --overwrite (overwrite=True) to replace it")
 
 
 def _write_model_folder(model, source_dir: Path, output_dir: Path, overwrite: bool) -> list[str]:

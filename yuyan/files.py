@@ -9,6 +9,8 @@ never half of one, even if the writer is killed in between.
   (a file whose presence means "finished", such as metrics.json).
 - `publish_folder`: publish a staged folder as a whole, replacing what was there (the old folder is removed only
   after the new one is in place).
+- `check_output_folder`: refuse, before any work, to write into a file or into a folder that already holds
+  something, unless the caller was told it may.
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def check_output_folder(output: str | os.PathLike, may_write: bool, how_to_allow: str) -> None:
+    """ValueError when `output` is a file, or a non-empty folder and `may_write` is false; `how_to_allow` ends the
+    message (the flag or argument that permits writing there)."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"the output {output} is not a directory: it is a file")
+    if output.is_dir() and any(output.iterdir()) and not may_write:
+        raise ValueError(f"the output folder {output} is not empty; {how_to_allow}")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -79,4 +91,4 @@ def publish_folder(staging: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["move_into", "publish_folder", "staging_dir", "write_json_atomic", "write_text_atomic"]
+__all__ = ["check_output_folder", "move_into", "publish_folder", "staging_dir", "write_json_atomic", "write_text_atomic"]

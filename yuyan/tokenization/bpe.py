@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yuyan.files import move_into, publish_folder, staging_dir
+from yuyan.files import check_output_folder, move_into, publish_folder, staging_dir
+
+_ALLOW_OVERWRITE = "pass --overwrite (overwrite=True) to replace its tokenizer files"
 
 ENDOFTEXT = "<|endoftext|>"
 """Document separator: the end-of-text token, used as both bos and eos."""
@@ -161,13 +163,6 @@ def _check_vocab_size(vocab_size: Any, special_tokens: Sequence[str]) -> None:
             f"vocab_size={vocab_size} is too small: the byte alphabet ({BYTE_ALPHABET_SIZE}) plus "
             f"{len(special_tokens)} special tokens need at least {minimum}"
         )
-
-
-def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output {str(output_dir)!r} exists and is not a directory")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ValueError(f"output directory {str(output_dir)!r} is not empty; pass --overwrite (overwrite=True) to replace its tokenizer files")
 
 
 def _without_special_strings(texts: Iterable[str], special_tokens: Sequence[str]) -> Iterator[str]:
@@ -339,7 +334,7 @@ def train_tokenizer(
         raise ValueError(f"max_token_bytes must be an integer of at least 4 (one UTF-8 character), or None; not {max_token_bytes!r}")
     _check_wrapper_args(model_max_length, padding_side)
     if output_dir is not None:
-        _check_output_dir(Path(output_dir), overwrite)
+        check_output_folder(output_dir, overwrite, _ALLOW_OVERWRITE)
     corpus, stats = _open_corpus(texts, files, text_column, txt_split, separator, max_texts, max_bytes)
 
     backend = model.build_backend()
@@ -429,7 +424,7 @@ def save_tokenizer(tokenizer, output_dir: str | os.PathLike, *, overwrite: bool 
     (`os.replace`), stale ones removed, and every other file in it (model weights, say) is left alone.
     """
     output_dir = Path(output_dir)
-    _check_output_dir(output_dir, overwrite)
+    check_output_folder(output_dir, overwrite, _ALLOW_OVERWRITE)
     with staging_dir(output_dir.parent, prefix=f".{output_dir.name}.") as staging:
         tokenizer.save_pretrained(str(staging))
         config_path = staging / "tokenizer_config.json"

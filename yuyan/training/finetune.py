@@ -69,9 +69,9 @@ from typing import Any
 
 import torch
 
-from yuyan.files import move_into, staging_dir
+from yuyan.files import check_output_folder, move_into, staging_dir
 from yuyan.modeling import LORA_TARGET_MODULES
-from yuyan.training.records import METRICS_FILE, FinetuneMetrics, FinetuneRun, read_run
+from yuyan.training.records import METRICS_FILE, RUN_FILE, FinetuneMetrics, FinetuneRun, read_run
 from yuyan.training.tasks import TASKS, Task, get_task
 
 DEFAULT_LORA_TARGETS = list(LORA_TARGET_MODULES)
@@ -358,21 +358,6 @@ def write_card(output_dir: Path, metrics: dict, run: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def normalize_task(task: str) -> str:
-    """Our name of `task` (an alias such as `qa` or `ner` allowed); ValueError for an unknown one."""
-    return get_task(task).name
-
-
-def _check_output(output_dir: Path, overwrite: bool, resuming: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"the output {output_dir} exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not (overwrite or resuming):
-        raise ValueError(
-            f"the output folder {output_dir} is not empty; pass --overwrite to write into it, or "
-            "--resume_from_checkpoint to continue its run"
-        )
-
-
 def _trainer_class(loss_only: bool):
     from transformers import Trainer
 
@@ -430,7 +415,8 @@ def finetune(
     lora_args = _coerce(LoraArguments, lora_args, "LoRA arguments")
     output = Path(output_dir)
     training_args = _training_arguments(training_args, output)
-    _check_output(output, overwrite, training_args.resume_from_checkpoint is not None)
+    check_output_folder(output, overwrite or training_args.resume_from_checkpoint is not None,
+                        "pass --overwrite to write into it, or --resume_from_checkpoint to continue its run")
     if lora_args.merge and not lora_args.lora:
         raise ValueError("--merge merges a LoRA adapter: give --lora too")
     inputs = prepare_inputs(task_spec, model, tokenizer, data_args, train_file, validation_file, test_file)
@@ -637,7 +623,7 @@ def load_finetuned(folder: str | os.PathLike, **kwargs):
     """The model a fine-tuning run saved in `folder`: a full model loads with its Auto class; a LoRA adapter is
     put on its base model, with the task head configured from run.json (label names), as a `PeftModel`."""
     folder = Path(folder)
-    run_folder = next((p for p in (folder, folder.parent) if (p / "run.json").is_file()), None)
+    run_folder = next((p for p in (folder, folder.parent) if (p / RUN_FILE).is_file()), None)
     if run_folder is None:
         raise FileNotFoundError(f"{folder} has no run.json: not a fine-tuning output")
     run = read_run(run_folder, finetuning=True)
