@@ -310,10 +310,13 @@ class Crash(Exception):
 
 class WorkClock:
     """A clock that moves only when the model works: each training forward takes `train` seconds, each
-    evaluation forward `evaluate` seconds. Optionally raises `Crash` at the `crash_at`-th training forward."""
+    evaluation forward `evaluate` seconds. Optionally raises `Crash` at the `crash_at`-th training forward, and
+    makes training forwards take `later` seconds from the `change_at`-th one on (the machine's speed drifts)."""
 
-    def __init__(self, train: float = 0.5, evaluate: float = 0.1, crash_at: int | None = None):
+    def __init__(self, train: float = 0.5, evaluate: float = 0.1, crash_at: int | None = None,
+                 change_at: int | None = None, later: float | None = None):
         self.now, self.train, self.evaluate, self.crash_at, self.training_forwards = 0.0, train, evaluate, crash_at, 0
+        self.change_at, self.later = change_at, later
 
     def __call__(self) -> float:
         return self.now
@@ -324,6 +327,8 @@ class WorkClock:
                 self.training_forwards += 1
                 if self.training_forwards == self.crash_at:
                     raise Crash
+                if self.training_forwards == self.change_at:
+                    self.train = self.later
             self.now += self.train if module.training else self.evaluate
 
     def __enter__(self):
@@ -378,6 +383,21 @@ def test_time_budget_alone_fills_the_budget_over_several_epochs(tmp_path, corpus
     assert math.isclose(final_learning_rate(out), 1e-3 * 0.1, rel_tol=1e-6), "the schedule did not end with the run"
 
 
+@pytest.mark.parametrize("later", [0.6, 0.4], ids=["slower", "faster"])
+def test_time_budget_follows_a_step_time_that_drifts(tmp_path, corpus, one_thread, later):
+    # Steps take 0.5 s until the 40th training forward, then `later` s. Planned once from the first steps, the
+    # slower run would be cut by the clock before its schedule ends, and the faster one would end with time left.
+    # Re-planned as it goes, each still ends on its planned step, within the budget, at the schedule's last rate.
+    out = tmp_path / "run"
+    metrics = budget_run(corpus, out, WorkClock(change_at=40, later=later), max_minutes=1.0,
+                         min_learning_rate_ratio=0.1)
+    schedule = final_state(out)["schedule"]
+    assert schedule["replans"], "the step time changed but the plan was never re-made"
+    assert metrics["stop_reason"] == "max_minutes" and metrics["steps"] == schedule["total_steps"]
+    assert 0.9 * 60 <= metrics["train_seconds"] <= 60
+    assert math.isclose(final_learning_rate(out), 1e-3 * 0.1, rel_tol=1e-6), "the schedule did not end with the run"
+
+
 def test_the_first_budget_reached_ends_the_run_and_the_schedule(tmp_path, corpus, one_thread):
     # A step budget inside the time budget: the run is exactly the run with the step budget alone.
     steps_only = budget_run(corpus, tmp_path / "steps", WorkClock(), max_steps=25)
@@ -401,17 +421,20 @@ def test_the_first_budget_reached_ends_the_run_and_the_schedule(tmp_path, corpus
 
 
 def test_resume_with_a_time_budget_is_exact(tmp_path, corpus, one_thread):
-    # Dropout on: after a crash at step 47 (after the plan and the checkpoint at step 40), the resumed run follows
-    # the plan fixed before the crash and ends with the uninterrupted run's weights, bit for bit.
+    # Dropout on, and steps slower from the 30th on: after a crash at step 47 (after the plan, a re-plan and the
+    # checkpoint at step 40), the resumed run (as slow) follows the plans made before the crash, re-plans as the
+    # uninterrupted run did, and ends with its weights, bit for bit.
     training = {"max_minutes": 1.0, "save_steps": 10, "dropout": 0.1}
-    straight = budget_run(corpus, tmp_path / "straight", WorkClock(), **training)
+    straight = budget_run(corpus, tmp_path / "straight", WorkClock(change_at=30, later=0.6), **training)
     out = tmp_path / "crashed"
     with pytest.raises(Crash):
-        budget_run(corpus, out, WorkClock(crash_at=47), **training)
+        budget_run(corpus, out, WorkClock(change_at=30, later=0.6, crash_at=47), **training)
     assert (out / "checkpoints" / "step-0000040").is_dir() and not (out / "model.safetensors").exists()
-    resumed = budget_run(corpus, out, WorkClock(), resume="latest", **training)
+    resumed = budget_run(corpus, out, WorkClock(train=0.6), resume="latest", **training)
     assert resumed["steps"] == straight["steps"] and resumed["loss_history"] == straight["loss_history"]
-    assert final_state(out)["schedule"] == final_state(tmp_path / "straight")["schedule"]
+    schedule = final_state(tmp_path / "straight")["schedule"]
+    assert any(step < 40 for step, _ in schedule["replans"]) and any(step > 47 for step, _ in schedule["replans"])
+    assert final_state(out)["schedule"] == schedule
     expected, got = load_file(tmp_path / "straight" / "model.safetensors"), load_file(out / "model.safetensors")
     for name in expected:
         assert torch.equal(expected[name], got[name]), name

@@ -48,11 +48,16 @@ CHECKPOINTS = "checkpoints"
 # left out (allocation, kernel warm-up), then at least TIME_MEASURE_STEPS steps and TIME_MEASURE_SECONDS (or
 # TIME_MEASURE_SHARE of a short budget) are timed. The plan uses TIME_BUDGET_USE of the budget: checkpoint writes
 # are not timed in advance, and the schedule should end before the clock does rather than be cut short by it.
+# A machine's speed drifts over a long run (other work, heat), so after each TIME_REPLAN_SHARE of the planned run
+# the step time is measured again over every training step since the first plan (evaluations are counted as the
+# first plan counted them), and the end moves when it would move by more than TIME_REPLAN_TOLERANCE of the run.
 TIME_MEASURE_SKIP_STEPS = 2
 TIME_MEASURE_STEPS = 10
 TIME_MEASURE_SECONDS = 5.0
 TIME_MEASURE_SHARE = 0.02
 TIME_BUDGET_USE = 0.98
+TIME_REPLAN_SHARE = 0.1
+TIME_REPLAN_TOLERANCE = 0.01
 
 
 @dataclass
@@ -644,8 +649,10 @@ def initial_state(args: PretrainArguments, steps_per_epoch: int | None, tokens_p
     plan = new_schedule_plan(min(args.warmup_steps, max(1, known_steps // 10)) if known_steps else args.warmup_steps)
     if known_steps:
         fix_schedule(plan, known_steps, 0, known_by, args.min_learning_rate_ratio)
-    # With a time budget the plan is provisional until the step time is measured.
+    # With a time budget the plan is provisional until the step time is measured; the step budget stays the
+    # limit that later re-plans of the time budget keep to.
     plan["time_budget_pending"] = bool(args.max_minutes)
+    plan["step_budget"] = [known_by, known_steps] if known_steps else None
     return {"step": 0, "epoch": 0, "batches_in_epoch": 0, "tokens_seen": 0, "train_seconds": 0.0,
             "loss_history": [], "eval_history": [], "time_history": [], "schedule": plan}
 
@@ -803,12 +810,23 @@ class PretrainLoop:
         now = self.clock()
         state["train_seconds"] = now - self.started
         self.progress.update(1)
-        if state["schedule"].get("time_budget_pending"):
+        schedule = state["schedule"]
+        if schedule.get("time_budget_pending"):
             self.measure_step(now)
+        elif "timed_steps" in schedule:
+            schedule["timed_steps"][0] += 1
+            # Rounded, as train_seconds below: a resumed run's clock starts elsewhere, and its float error must
+            # not move a plan by one step.
+            schedule["timed_steps"][1] += round(now - self.step_started, 6)
+            if state["step"] == schedule["next_replan_step"] and state["step"] < self.planned_total():
+                self.replan_time_budget()
         if state["step"] % args.logging_steps == 0 or state["step"] == self.planned_total():
             self.log_step(step_loss)
         if state["step"] % args.eval_steps == 0 and state["step"] < self.planned_total():
             self.evaluate_periodically()
+            # The evaluation's time counts against the budget, in this process and in the checkpoint a resumed
+            # run starts from.
+            state["train_seconds"] = self.clock() - self.started
 
         out_of_time = bool(args.max_minutes) and state["train_seconds"] >= args.max_minutes * 60
         if args.max_minutes and accelerator.num_processes > 1:
@@ -864,6 +882,13 @@ class PretrainLoop:
             fix_schedule(schedule, time_steps, state["step"] + 1, "max_minutes", args.min_learning_rate_ratio)
         schedule["time_budget_pending"] = False
         schedule["measured_step_seconds"] = round(step_seconds, 6)
+        # Later re-plans time every training step from here on: [steps, seconds].
+        schedule["timed_steps"] = [0, 0.0]
+        schedule["evaluation_seconds_per_step"] = seconds_per_step - step_seconds
+        steps_left = schedule["total_steps"] - state["step"]
+        schedule["replan_every"] = max(TIME_MEASURE_STEPS, math.ceil(TIME_REPLAN_SHARE * steps_left))
+        schedule["next_replan_step"] = state["step"] + schedule["replan_every"]
+        schedule["replans"] = []
         self.progress.total = schedule["total_steps"]
         self.progress.refresh()
         self.progress.write(
@@ -871,6 +896,32 @@ class PretrainLoop:
             f"{eval_batch_seconds:.4f} s an evaluation batch: the run and its schedule end at step "
             f"{schedule['total_steps']} (set by {schedule['fixed_by']})."
         )
+
+    def replan_time_budget(self) -> None:
+        """Measure the step time again, over every training step since the first plan, and move the end of the run
+        (and of its schedule, which decays from the current rate to the new end) to where the time budget now ends,
+        when it moved by more than TIME_REPLAN_TOLERANCE; never past a step or token budget. The measurements and
+        re-plans are kept in the checkpointed schedule, so a resumed run follows them."""
+        args, accelerator, state = self.args, self.accelerator, self.state
+        schedule = state["schedule"]
+        schedule["next_replan_step"] = state["step"] + schedule["replan_every"]
+        timed_steps, timed_seconds = schedule["timed_steps"]
+        step_seconds = timed_seconds / max(1, timed_steps)
+        seconds_per_step = step_seconds + schedule["evaluation_seconds_per_step"]
+        left = TIME_BUDGET_USE * args.max_minutes * 60 - round(state["train_seconds"], 6)
+        time_steps = state["step"] + max(1, math.floor(left / max(seconds_per_step, 1e-9)))
+        # Processes agree on the slowest one's plan, so all end at the same step.
+        time_steps = int(accelerator.gather(torch.tensor([time_steps], device=accelerator.device)).min().item())
+        budget_name, budget_steps = schedule.get("step_budget") or (None, math.inf)
+        total, fixed_by = (time_steps, "max_minutes") if time_steps < budget_steps else (budget_steps, budget_name)
+        if abs(total - schedule["total_steps"]) <= TIME_REPLAN_TOLERANCE * schedule["total_steps"]:
+            return
+        fix_schedule(schedule, total, state["step"] + 1, fixed_by, args.min_learning_rate_ratio)
+        schedule["replans"].append([state["step"], total])
+        self.progress.total = total
+        self.progress.refresh()
+        self.progress.write(f"time budget: {step_seconds:.4f} s a step over the last {timed_steps} steps: the run "
+                            f"and its schedule now end at step {total} (set by {fixed_by}).")
 
     def log_step(self, step_loss: float) -> None:
         state, accelerator = self.state, self.accelerator
