@@ -59,6 +59,8 @@ import sys
 import time
 from pathlib import Path
 
+from yuyan.files import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 TASKS = ("sst2", "xquad", "scitldr", "tatoeba")
@@ -83,19 +85,7 @@ WEIGHT_DECAY = 0.01
 
 
 def _write_jsonl(path: Path, rows) -> Path:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
-    return path
-
-
-def _write_text(path: Path, text: str) -> Path:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _tsv_rows(path: Path) -> list[tuple[str, str]]:
@@ -149,7 +139,7 @@ def prepare_data(work: Path, eval_articles: int, selection_size: int = 2000, see
     sst2_train, sst2_selection = split_sst2(rows, selection_size, seed)
 
     def tsv(name: str, table) -> Path:
-        return _write_text(work / name, "sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in table))
+        return write_text_atomic(work / name, "sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in table))
 
     tasks = {
         "sst2": {
@@ -177,7 +167,7 @@ def prepare_data(work: Path, eval_articles: int, selection_size: int = 2000, see
     }
     train, evaluation = split_tatoeba(data / "tatoeba-cmn-eng" / "cmn.txt")
     # The training split as plain text (English line, Chinese line) for `yuyan tokenizer train`.
-    _write_text(work / "tatoeba-train.txt", "".join(f"{row['prompt']}\n{row['completion']}\n" for row in train))
+    write_text_atomic(work / "tatoeba-train.txt", "".join(f"{row['prompt']}\n{row['completion']}\n" for row in train))
     tasks["tatoeba"] = {
         "task": "text-generation",
         "train": _write_jsonl(work / "tatoeba-train.jsonl", train),
@@ -436,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                         DATA / "tatoeba-cmn-eng" / "cmn.txt")[1][:200]])
             results.append(row)
             print(json.dumps({key: row[key] for key in ("init", "task", "score", "seconds", "steps")}), flush=True)
-            _write_text(output / "results.json", json.dumps(results, indent=2) + "\n")
+            write_text_atomic(output / "results.json", json.dumps(results, indent=2) + "\n")
 
     print()
     print(f"yuyan {yuyan.__version__}, transformers {transformers.__version__}, torch {torch.__version__}, "
