@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from yuyan.cards import card_repo_id, read_run_files, write_model_card
+from yuyan.training.records import METRICS_FILE, RUN_FILE
 
 # Never uploaded: training state, logs and temporary files. `fnmatch` patterns on paths relative to the folder
 # (`*` also matches `/`).
@@ -59,7 +60,7 @@ STALE_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
 # in any subfolder (a merged LoRA run keeps its adapter in adapter/). Tokenizer vocabularies are not rewritten:
 # a token may look like a path.
 PUBLIC_RECORDS = frozenset({
-    "metrics.json", "run.json", "README.md", "config.json", "generation_config.json", "tokenizer_config.json",
+    METRICS_FILE, RUN_FILE, "README.md", "config.json", "generation_config.json", "tokenizer_config.json",
     "adapter_config.json", "trainer_state.json",
 })
 
@@ -140,7 +141,7 @@ def missing_model_files(folder: str | Path) -> list[str]:
     if not (folder / "tokenizer_config.json").is_file():
         missing.append("tokenizer_config.json")
     if not (folder / "README.md").is_file():
-        hint = "`yuyan card --model DIR` renders it" if (folder / "metrics.json").is_file() else "write one"
+        hint = "`yuyan card --model DIR` renders it" if (folder / METRICS_FILE).is_file() else "write one"
         missing.append(f"README.md (the model card: {hint})")
     return missing
 
