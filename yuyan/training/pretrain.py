@@ -815,8 +815,7 @@ class PretrainLoop:
             self.measure_step(now)
         elif "timed_steps" in schedule:
             schedule["timed_steps"][0] += 1
-            # Rounded, as train_seconds below: a resumed run's clock starts elsewhere, and its float error must
-            # not move a plan by one step.
+            # Rounded, as in `time_budget_end`: a resumed run's clock starts elsewhere.
             schedule["timed_steps"][1] += round(now - self.step_started, 6)
             if state["step"] == schedule["next_replan_step"] and state["step"] < self.planned_total():
                 self.replan_time_budget()
@@ -873,8 +872,7 @@ class PretrainLoop:
         times = accelerator.gather(torch.tensor([step_seconds, eval_batch_seconds], device=accelerator.device))
         step_seconds, eval_batch_seconds = times.reshape(-1, 2).max(dim=0).values.tolist()
         seconds_per_step = step_seconds + eval_batch_seconds * eval_batches / args.eval_steps
-        left = TIME_BUDGET_USE * args.max_minutes * 60 - state["train_seconds"]
-        time_steps = state["step"] + max(0, math.floor(left / seconds_per_step))
+        time_steps = self.time_budget_end(seconds_per_step)
         # The scheduler has already set the rate of the next step (index `step`): a new plan applies after it.
         # When the step budget ends first, its schedule (in force from the start) stays as it is.
         schedule = state["schedule"]
@@ -897,6 +895,13 @@ class PretrainLoop:
             f"{schedule['total_steps']} (set by {schedule['fixed_by']})."
         )
 
+    def time_budget_end(self, seconds_per_step: float) -> int:
+        """The step at which the time budget (TIME_BUDGET_USE of it) runs out, at `seconds_per_step` from now.
+        train_seconds is rounded: a resumed run's clock starts elsewhere, and its float error must not move the
+        end by one step."""
+        left = TIME_BUDGET_USE * self.args.max_minutes * 60 - round(self.state["train_seconds"], 6)
+        return self.state["step"] + max(0, math.floor(left / max(seconds_per_step, 1e-9)))
+
     def replan_time_budget(self) -> None:
         """Measure the step time again, over every training step since the first plan, and move the end of the run
         (and of its schedule, which decays from the current rate to the new end) to where the time budget now ends,
@@ -908,8 +913,8 @@ class PretrainLoop:
         timed_steps, timed_seconds = schedule["timed_steps"]
         step_seconds = timed_seconds / max(1, timed_steps)
         seconds_per_step = step_seconds + schedule["evaluation_seconds_per_step"]
-        left = TIME_BUDGET_USE * args.max_minutes * 60 - round(state["train_seconds"], 6)
-        time_steps = state["step"] + max(1, math.floor(left / max(seconds_per_step, 1e-9)))
+        # At least one more step: the scheduler has already set this one's successor.
+        time_steps = max(state["step"] + 1, self.time_budget_end(seconds_per_step))
         # Processes agree on the slowest one's plan, so all end at the same step.
         time_steps = int(accelerator.gather(torch.tensor([time_steps], device=accelerator.device)).min().item())
         budget_name, budget_steps = schedule.get("step_budget") or (None, math.inf)
