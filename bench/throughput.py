@@ -11,6 +11,9 @@ Same run, same dimensions (width, depth, heads, MLP width, vocabulary, tied embe
   do) against Llama with its default options and with its fastest ones (`cache_implementation="static"`), and
   the cache's size after 128 and 1,024 tokens (an all-LSTM model's must not grow). Medians of `--repeats` runs,
   the models taking turns in each repeat, so that noise from other work on the machine falls on all alike.
+  `--decode-options` adds each model again with bf16 weights, with transformers' automatic compilation of the
+  decode step on the CPU (a static cache and a `CompileConfig` that allows every device; the first call of each
+  shape pays the compilation, in the warm-up), and with both.
 
 Tokens are the UTF-8 bytes of WikiText-2 (../shared/data) when present, so the loss curves mean something;
 random ids otherwise. Prints Markdown tables; `--json PATH` also writes the raw figures.
@@ -18,6 +21,7 @@ random ids otherwise. Prints Markdown tables; `--json PATH` also writes the raw 
     python bench/throughput.py                      # the README tables
     python bench/throughput.py --skip-training      # decoding only (11 min at --threads 1 --repeats 2, loaded)
     python bench/throughput.py --quick              # a smoke run
+    python bench/throughput.py --skip-training --decode-options --threads 2   # issue #13's fast-path candidates
 """
 
 from __future__ import annotations
@@ -149,12 +153,39 @@ def generation_rate(model, batch: int, new_tokens: int, vocab: int, options: dic
     return batch * new_tokens / (time.perf_counter() - start), cache_bytes(out.cache)
 
 
+def with_decode_options(models: dict[str, tuple[torch.nn.Module, dict]]) -> dict[str, tuple[torch.nn.Module, dict]]:
+    """Each model as given, in bf16, compiled (static cache, `generate`'s automatic compilation allowed on the
+    CPU), and both. Llama's static-cache row is already one of the models, so it gets the bf16 twin only."""
+    from copy import deepcopy
+
+    from transformers import CompileConfig
+
+    compiled = CompileConfig(fullgraph=True, dynamic=False)
+    compiled._compile_all_devices = True  # transformers compiles only on accelerators unless told otherwise
+    compile_options = {"cache_implementation": "static", "compile_config": compiled}
+    variants = {}
+    for name, (model, options) in models.items():
+        bf16 = deepcopy(model).to(torch.bfloat16)
+        variants[name] = (model, options)
+        variants[f"{name}, bf16"] = (bf16, options)
+        if not options:
+            variants[f"{name}, compiled"] = (model, compile_options)
+            variants[f"{name}, bf16 compiled"] = (bf16, compile_options)
+    return variants
+
+
 def bench_decoding(args) -> dict[str, dict]:
     models = decoding_models(args.decode_preset)
+    if args.decode_options:
+        models = with_decode_options(models)
     vocab = next(iter(models.values()))[0].config.vocab_size
     shapes = {"b1": (1, args.short), "b8": (8, args.long)}
     # Warm-up, and the cache's size at batch 8 after the short run, to set against its size after the long one.
     short_cache = {name: generation_rate(model, 8, args.short, vocab, options)[1] for name, (model, options) in models.items()}
+    if args.decode_options:  # a compiled step is compiled per shape: both timed shapes are warmed up first
+        for batch, new_tokens in shapes.values():
+            for model, options in models.values():
+                generation_rate(model, batch, new_tokens, vocab, options)
     runs = {name: {key: [] for key in shapes} for name in models}
     for _ in range(args.repeats):
         for key, (batch, new_tokens) in shapes.items():
@@ -197,6 +228,8 @@ def main() -> None:
     parser.add_argument("--short", type=int, default=128, help="new tokens at batch 1")
     parser.add_argument("--long", type=int, default=1024, help="new tokens at batch 8")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--decode-options", action="store_true",
+                        help="also decode in bf16, compiled (static cache), and both")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="few steps, short generation: a smoke run")
     parser.add_argument("--json", type=Path, default=None)
