@@ -162,6 +162,9 @@ def with_decode_options(models: dict[str, tuple[torch.nn.Module, dict]]) -> dict
 
     compiled = CompileConfig(fullgraph=True, dynamic=False)
     compiled._compile_all_devices = True  # transformers compiles only on accelerators unless told otherwise
+    # Every model here shares transformers' decorated forward code object, and each model, dtype and shape is one
+    # more compiled version of it: more than dynamo's default limit of 8 in this one process.
+    torch._dynamo.config.recompile_limit = 64
     compile_options = {"cache_implementation": "static", "compile_config": compiled}
     variants = {}
     for name, (model, options) in models.items():
