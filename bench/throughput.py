@@ -167,8 +167,11 @@ def with_decode_options(models: dict[str, tuple[torch.nn.Module, dict]]) -> dict
     torch._dynamo.config.recompile_limit = 64
     compile_options = {"cache_implementation": "static", "compile_config": compiled}
     variants = {}
+    bf16_copies = {}  # one per model object: Llama's default and static-cache rows share theirs
     for name, (model, options) in models.items():
-        bf16 = deepcopy(model).to(torch.bfloat16)
+        if id(model) not in bf16_copies:
+            bf16_copies[id(model)] = deepcopy(model).to(torch.bfloat16)
+        bf16 = bf16_copies[id(model)]
         variants[name] = (model, options)
         variants[f"{name}, bf16"] = (bf16, options)
         if not options:
