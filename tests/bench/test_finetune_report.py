@@ -110,3 +110,15 @@ def test_scratch_twin_has_the_config_and_tokenizer_but_not_the_weights(tmp_path)
     for name, tensor in YuyanForCausalLM.from_pretrained(again).state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
     assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == ["model"]
+
+
+def test_group_by_length_reaches_the_trainer(tmp_path):
+    """`--group-by-length` names a TrainingArguments field of the installed transformers (it was renamed once)."""
+    from yuyan.training.finetune import make_training_arguments
+
+    for flag in (False, True):
+        args = report.build_parser().parse_args(["model"] + ["--group-by-length"] * flag)
+        values = report.training_arguments("sst2", report.budget_of("sst2", args), args)
+        training_args = make_training_arguments(tmp_path, **values)
+        assert training_args.train_sampling_strategy == ("group_by_length" if flag else "random")
+        assert training_args.max_steps == report.BUDGETS["sst2"]["max_steps"]
