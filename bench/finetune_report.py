@@ -263,6 +263,8 @@ def budget_of(name: str, args) -> dict:
     for key in ("max_steps", "batch_size", "learning_rate"):
         if getattr(args, key) is not None:
             budget[key] = getattr(args, key)
+    if args.group_by_length:  # the estimate reads `length`
+        budget["length"] = budget.get("grouped_length", budget["length"])
     return budget
 
 
@@ -385,8 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     expected = 0.0
     for model, name in plan:
         budget = budget_of(name, args)
-        length = budget.get("grouped_length", budget["length"]) if args.group_by_length else budget["length"]
-        step = seconds_per_step(model, budget["batch_size"], length,
+        step = seconds_per_step(model, budget["batch_size"], budget["length"],
                                 tasks[name]["task"] == "text-generation")
         steps = budget["max_steps"] if args.epochs is None else None
         if steps is None:
@@ -448,8 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"yuyan {yuyan.__version__}, transformers {transformers.__version__}, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
           f"max train {args.max_train or 'all'}, max eval {args.max_eval or 'all'}"
-          f"{', LoRA' if args.lora else ''}{', batches grouped by length' if args.group_by_length else ''}; SST-2 scored on sst2/test.tsv (GLUE dev), the model chosen on "
-          f"{args.sst2_selection:,} held-out training sentences")
+          f"{', LoRA' if args.lora else ''}{', batches grouped by length' if args.group_by_length else ''}; "
+          f"SST-2 scored on sst2/test.tsv (GLUE dev), the model chosen on {args.sst2_selection:,} held-out training "
+          "sentences")
     print()
     print("\n".join(_rows_table(results)))
     print()

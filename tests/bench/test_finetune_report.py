@@ -122,3 +122,5 @@ def test_group_by_length_reaches_the_trainer(tmp_path):
         training_args = make_training_arguments(tmp_path, **values)
         assert training_args.train_sampling_strategy == ("group_by_length" if flag else "random")
         assert training_args.max_steps == report.BUDGETS["sst2"]["max_steps"]
+        budget = report.BUDGETS["sst2"]
+        assert report.budget_of("sst2", args)["length"] == budget["grouped_length" if flag else "length"]
