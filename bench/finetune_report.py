@@ -335,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="batch training examples of similar length (less padding: about 3x fewer SST-2 steps "
                         "of computation)")
     parser.add_argument("--lora", action="store_true", help="LoRA adapters instead of full fine-tuning (merged)")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="hidden_dropout while fine-tuning (layers and head; default: the model's own, 0)")
     parser.add_argument("--xquad-eval-articles", type=int, default=10)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=None,
@@ -429,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                 overwrite=True,
                 test_file=str(spec["test"]) if "test" in spec else None,
                 callbacks=callbacks,
+                config_overrides=None if args.dropout is None else {"hidden_dropout": args.dropout},
             )
             run = read_run(run_dir)  # metrics: the dict finetune returns
             scored = metrics.get("test_metrics") or metrics["metrics"]
@@ -449,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"yuyan {yuyan.__version__}, transformers {transformers.__version__}, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
           f"max train {args.max_train or 'all'}, max eval {args.max_eval or 'all'}"
-          f"{', LoRA' if args.lora else ''}{', batches grouped by length' if args.group_by_length else ''}; "
+          f"{', LoRA' if args.lora else ''}{', batches grouped by length' if args.group_by_length else ''}"
+          f"{f', dropout {args.dropout:g}' if args.dropout is not None else ''}; "
           f"SST-2 scored on sst2/test.tsv (GLUE dev), the model chosen on {args.sst2_selection:,} held-out training "
           "sentences")
     print()

@@ -377,6 +377,43 @@ def test_errors_are_found_before_training(tmp_path, base_model):
     assert not Path(out).exists() or not (Path(out) / "metrics.json").exists()
 
 
+def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path, base_model):
+    """Dropout for fine-tuning (the base model was pretrained without): it reaches the trained modules, run.json
+    and the saved config; a field that would change the weights, or a value out of range, stops the run first."""
+    train = _write_jsonl(tmp_path / "train.jsonl", _sentiment_rows(32, 0))
+    validation = _write_jsonl(tmp_path / "validation.jsonl", _sentiment_rows(8, 1))
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen["dropouts"] = sorted({m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)})
+            seen["attention_dropout"] = {
+                m.attention_dropout for m in model.modules() if hasattr(m, "attention_dropout")
+            }
+
+    out = tmp_path / "out"
+    ft.finetune("classification", base_model, train, validation, str(out), training_args={**QUICK, "max_steps": 2},
+                config_overrides="hidden_dropout=0.2, attention_dropout=0.3", callbacks=[Spy()])
+    assert seen["dropouts"] == [0.2]  # every layer's and the head's (attention's is a functional dropout)
+    assert seen["attention_dropout"] == {0.3}
+    assert YuyanConfig.from_pretrained(base_model).hidden_dropout == 0.0
+    saved = YuyanConfig.from_pretrained(out)
+    assert saved.hidden_dropout == 0.2 and saved.attention_dropout == 0.3
+    run = json.loads((out / "run.json").read_text())
+    assert run["training"]["config_overrides"] == {"hidden_dropout": 0.2, "attention_dropout": 0.3}
+
+    bad = str(tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"cannot set \['hidden_size'\].*allowed"):
+        ft.finetune("classification", base_model, train, validation, bad, config_overrides={"hidden_size": 64})
+    with pytest.raises(ValueError, match="must be in"):
+        ft.finetune("classification", base_model, train, validation, bad, config_overrides="hidden_dropout=1.5")
+    with pytest.raises(ValueError, match="expected key=value"):
+        ft.finetune("classification", base_model, train, validation, bad, config_overrides="hidden_dropout")
+    assert not Path(bad).exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
@@ -393,10 +430,12 @@ def test_every_training_argument_is_a_flag():
         "--output", "out", "--learning_rate", "1e-3", "--num-train-epochs", "2", "--per_device_train_batch_size",
         "8", "--warmup-steps", "3", "--text-column", "sentence", "--class_names", "neg", "pos", "--lora",
         "--lora-r", "4", "--lora-target-modules", "qkv_proj", "out_proj", "--delimiter", "\\t", "--seed", "7",
+        "--config-overrides", "hidden_dropout=0.1",
     ])
     finetune_args, data_args, lora_args, training_args = split_namespace(args)
     assert finetune_args.task == "classification" and finetune_args.model_name_or_path == "m"
     assert finetune_args.train_file == "t.csv" and finetune_args.validation_file == "v.csv"
+    assert finetune_args.config_overrides == "hidden_dropout=0.1"
     assert training_args.output_dir == "out" and training_args.learning_rate == 1e-3
     assert training_args.num_train_epochs == 2 and training_args.per_device_train_batch_size == 8
     assert training_args.warmup_steps == 3 and training_args.seed == 7

@@ -441,6 +441,35 @@ def test_resume_with_a_time_budget_is_exact(tmp_path, corpus, one_thread):
 
 
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this torch has no torch.optim.Muon")
+def test_cpu_muon_takes_torchs_step_with_a_float32_orthogonalisation():
+    """CpuMuon against torch.optim.Muon from the same weights and gradients: the same step up to torch's bfloat16
+    rounding (which CpuMuon avoids), for a tall and a wide matrix, with momentum carried over a second step."""
+    from yuyan.training.pretrain import CpuMuon, newton_schulz_float32
+
+    torch.manual_seed(0)
+    weights = [torch.randn(48, 16), torch.randn(16, 40)]
+    grads = [[torch.randn_like(w) for w in weights] for _ in range(2)]
+    moved = []
+    for optimizer_class in (torch.optim.Muon, CpuMuon):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        optimizer = optimizer_class(params, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+        for step_grads in grads:
+            for param, grad in zip(params, step_grads):
+                param.grad = grad.clone()
+            optimizer.step()
+        moved.append([param.detach() - w for param, w in zip(params, weights)])
+        if optimizer_class is CpuMuon:
+            assert optimizer.state_dict()["state"].keys() == reference_state.keys()
+        reference_state = optimizer.state_dict()["state"]
+    for torch_delta, cpu_delta in zip(*moved):
+        assert cpu_delta.abs().max() > 0.01
+        torch.testing.assert_close(cpu_delta, torch_delta, atol=0.02 * torch_delta.abs().max().item(), rtol=0.05)
+    # The iteration flattens the spectrum towards 1 (Muon's coefficients leave it within about 0.5-1.5).
+    singular = torch.linalg.svdvals(newton_schulz_float32(torch.randn(64, 24), (3.4445, -4.7750, 2.0315), 5, 1e-7))
+    assert singular.min() > 0.4 and singular.max() < 1.6
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this torch has no torch.optim.Muon")
 def test_muon_optimizer_trains_the_hidden_matrices_and_resumes_exactly(tmp_path, corpus, one_thread):
     from yuyan.training.pretrain import make_optimizer
 

@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> None:
         overwrite=finetune_args.overwrite,
         ignore_mismatched_sizes=finetune_args.ignore_mismatched_sizes,
         test_file=finetune_args.test_file,
+        config_overrides=finetune_args.config_overrides,
     )
     shown = ", ".join(f"{name} {value:.4g}" for name, value in result["metrics"].items())
     print(f"{result['task']}: {shown} (validation); saved to {training_args.output_dir}")

@@ -11,6 +11,7 @@ beside the weights so that the folder loads with `trust_remote_code=True` where 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -247,6 +248,19 @@ class YuyanAttention(nn.Module):
         return self.o_proj(output), weights
 
 
+@functools.cache
+def _cpu_has_bfloat16_lstm() -> bool:
+    """Whether `nn.LSTM` runs in bfloat16 on this CPU: oneDNN's bf16 LSTM needs AVX-512 BF16 or AMX, and without
+    them the call raises instead of falling back (an AVX2-only CPU, e.g. many AMD EPYCs)."""
+    lstm = nn.LSTM(8, 8, batch_first=True).to(torch.bfloat16)
+    try:
+        with torch.no_grad():
+            lstm(torch.zeros(1, 2, 8, dtype=torch.bfloat16))
+    except RuntimeError:
+        return False
+    return True
+
+
 class YuyanLSTM(nn.Module):
     """An LSTM mixer: `torch.nn.LSTM` over the sequence, then a linear map back into the residual stream.
 
@@ -308,11 +322,25 @@ class YuyanLSTM(nn.Module):
         h, c = self._cell(hidden_states[:, 0], h, c)
         return h.unsqueeze(1), torch.stack((h, c), dim=1)
 
+    def _lstm(self, inputs, hx):
+        """`self.lstm(inputs, hx)`, in float32 where this CPU has no bfloat16 LSTM (oneDNN's needs AVX-512 BF16 or
+        AMX; without them it raises): weights and inputs are cast up for the call, and the results back."""
+        data = inputs.data if isinstance(inputs, nn.utils.rnn.PackedSequence) else inputs
+        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        if data.device.type != "cpu" or (data.dtype != torch.bfloat16 and not autocast) or _cpu_has_bfloat16_lstm():
+            return self.lstm(inputs, hx)
+        dtype = torch.bfloat16 if autocast else data.dtype
+        with torch.autocast("cpu", enabled=False):
+            weights = {name: weight.float() for name, weight in self.lstm.named_parameters()}
+            state = None if hx is None else tuple(part.float() for part in hx)
+            output, (h, c) = torch.func.functional_call(self.lstm, weights, (inputs.float(), state))
+        return output.to(dtype), (h.to(dtype), c.to(dtype))
+
     def _run(self, hidden_states: torch.Tensor, previous: torch.Tensor | None):
         hx = None
         if previous is not None:
             hx = (previous[:, 0].unsqueeze(0).contiguous(), previous[:, 1].unsqueeze(0).contiguous())
-        output, (h, c) = self.lstm(hidden_states, hx)
+        output, (h, c) = self._lstm(hidden_states, hx)
         return output, torch.stack((h[0], c[0]), dim=1)
 
     def _run_masked(self, hidden_states: torch.Tensor, mask: torch.Tensor, previous: torch.Tensor | None):
@@ -327,7 +355,7 @@ class YuyanLSTM(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(
             packed_input, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
         )
-        packed_output, (h, c) = self.lstm(packed, hx)
+        packed_output, (h, c) = self._lstm(packed, hx)
         output, _ = nn.utils.rnn.pad_packed_sequence(packed_output, batch_first=True, total_length=length)
         output = output.gather(1, restore.unsqueeze(-1).expand(-1, -1, width)) * mask.unsqueeze(-1).to(output.dtype)
         state = torch.stack((h[0], c[0]), dim=1)

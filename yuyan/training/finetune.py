@@ -83,6 +83,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 1,
 }
 ADAPTER_DIR = "adapter"
+# The config fields a fine-tuning run may change: they regularise training and leave every weight's shape alone
+# (hidden_dropout is also the task heads' dropout).
+FINETUNE_CONFIG_FIELDS = ("hidden_dropout", "attention_dropout")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -111,6 +114,11 @@ class FinetuneArguments:
     ignore_mismatched_sizes: bool = field(
         default=False,
         metadata={"help": "load a checkpoint whose head has another shape (e.g. another label count), re-initialised"},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "model config fields for fine-tuning, as transformers' run_clm spells them: "
+                  "hidden_dropout=0.1,attention_dropout=0.1 (allowed: " + ", ".join(FINETUNE_CONFIG_FIELDS) + ")"},
     )
 
 
@@ -398,6 +406,7 @@ def finetune(
     ignore_mismatched_sizes: bool = False,
     test_file: str | os.PathLike | None = None,
     callbacks: list | None = None,
+    config_overrides: dict[str, Any] | str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `model` (a Yuyan folder or Hub id) for `task` and save it in `output_dir`; returns metrics.json.
 
@@ -406,6 +415,8 @@ def finetune(
     `test_file`: data scored once after training (`metrics.json` "test_metrics"), so that the validation file can
     serve model selection (`load_best_model_at_end`) without the reported score choosing the model.
     `callbacks`: Trainer callbacks (e.g. `EarlyStoppingCallback`).
+    `config_overrides`: model config fields for this run (`FINETUNE_CONFIG_FIELDS`, e.g. `{"hidden_dropout": 0.1}`),
+    a dict or a "key=value,key=value" string; they are saved with the fine-tuned model.
     """
     from transformers import set_seed
 
@@ -419,7 +430,9 @@ def finetune(
                         "pass --overwrite to write into it, or --resume_from_checkpoint to continue its run")
     if lora_args.merge and not lora_args.lora:
         raise ValueError("--merge merges a LoRA adapter: give --lora too")
-    inputs = prepare_inputs(task_spec, model, tokenizer, data_args, train_file, validation_file, test_file)
+    config_overrides = parse_config_overrides(config_overrides)
+    inputs = prepare_inputs(task_spec, model, tokenizer, data_args, train_file, validation_file, test_file,
+                            config_overrides)
     set_seed(training_args.seed)
     task_model, parameters, targets = load_task_model(task_spec, inputs, lora_args, ignore_mismatched_sizes)
 
@@ -465,6 +478,7 @@ class FinetuneInputs:
     validation_examples: int
     setup: Any
     test_setup: Any = None
+    config_overrides: dict[str, float] = field(default_factory=dict)
 
 
 def _training_arguments(training_args: Any, output: Path):
@@ -477,13 +491,14 @@ def _training_arguments(training_args: Any, output: Path):
 
 
 def prepare_inputs(task: Task, model: str, tokenizer: str | None, data_args: DataArguments, train_file,
-                   validation_file, test_file) -> FinetuneInputs:
+                   validation_file, test_file, config_overrides: dict[str, Any] | None = None) -> FinetuneInputs:
     """Check the model, load the tokenizer and the data, and let the task's recipe encode the examples."""
     from yuyan.modeling import YuyanConfig
     from yuyan.training.tasks.data import limit, load_table
 
     model_path = check_yuyan_model(model)
-    config = YuyanConfig.from_pretrained(model_path)
+    # The overrides go through the config's own validation here, before any data is read.
+    config = YuyanConfig.from_pretrained(model_path, **(config_overrides or {}))
     tokenizer_obj = load_tokenizer(tokenizer or model_path)
     if len(tokenizer_obj) > config.vocab_size:
         raise ValueError(
@@ -504,13 +519,39 @@ def prepare_inputs(task: Task, model: str, tokenizer: str | None, data_args: Dat
         test_setup = task.recipe.prepare(train, test, tokenizer_obj, data_args, str(train_file), str(test_file),
                                          max_length)
     return FinetuneInputs(model_path, config, tokenizer_obj, max_length, str(train_file), str(validation_file),
-                          len(train), len(validation), setup, test_setup)
+                          len(train), len(validation), setup, test_setup, dict(config_overrides or {}))
+
+
+def parse_config_overrides(overrides: dict[str, Any] | str | None) -> dict[str, float]:
+    """`{"hidden_dropout": 0.1}` or "hidden_dropout=0.1,attention_dropout=0.1" as a checked dict."""
+    if overrides is None or overrides == "":
+        return {}
+    if isinstance(overrides, str):
+        pairs = {}
+        for pair in overrides.split(","):
+            key, sep, raw = pair.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"config_overrides {pair!r}: expected key=value pairs separated by commas, "
+                                 "e.g. hidden_dropout=0.1,attention_dropout=0.1")
+            try:
+                pairs[key.strip()] = float(raw)
+            except ValueError:
+                raise ValueError(f"config_overrides {pair!r}: {raw!r} is not a number") from None
+        overrides = pairs
+    unknown = sorted(set(overrides) - set(FINETUNE_CONFIG_FIELDS))
+    if unknown:
+        raise ValueError(f"config_overrides cannot set {unknown} when fine-tuning; allowed: "
+                         f"{list(FINETUNE_CONFIG_FIELDS)} (they leave the weights' shapes as pretrained).")
+    for key, value in overrides.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"config_overrides {key}={value!r} is not allowed: a dropout must be in [0, 1).")
+    return {key: float(value) for key, value in overrides.items()}
 
 
 def load_task_model(task: Task, inputs: FinetuneInputs, lora_args: LoraArguments, ignore_mismatched_sizes: bool):
     """The base model with the task's head (LoRA-wrapped with `--lora`); (model, parameters, LoRA targets)."""
     setup, config = inputs.setup, inputs.config
-    config_updates = dict(setup.config_updates)
+    config_updates = {**inputs.config_overrides, **setup.config_updates}
     if config.pad_token_id is None and inputs.tokenizer.pad_token_id is not None:
         config_updates["pad_token_id"] = inputs.tokenizer.pad_token_id
     task_model = task.model_class.from_pretrained(
@@ -567,7 +608,8 @@ def run_record(task: Task, trainer, inputs: FinetuneInputs, data_args: DataArgum
                targets: list[str] | None) -> FinetuneRun:
     """run.json: the Trainer settings, LoRA settings (peft's names, as the card shows them), task and data."""
     run = FinetuneRun(
-        training={**_training_record(trainer.args, trainer), "max_seq_length": inputs.max_length},
+        training={**_training_record(trainer.args, trainer), "max_seq_length": inputs.max_length,
+                  **({"config_overrides": inputs.config_overrides} if inputs.config_overrides else {})},
         lora=None,
         task=task.name,
         data={

@@ -432,6 +432,61 @@ class CombinedOptimizer(torch.optim.Optimizer):
         self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
 
 
+def newton_schulz_float32(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
+                          eps: float) -> torch.Tensor:
+    """Muon's quintic Newton-Schulz iteration (torch.optim.Muon's coefficients and step count), in float32: the
+    matrix whose singular values are pushed towards 1, with the singular vectors of `update`."""
+    a, b, c = coefficients
+    wide = update.size(0) <= update.size(1)
+    x = update.float() if wide else update.float().T
+    x = x / x.norm().clamp(min=eps)  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.T
+
+
+def muon_learning_rate(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's per-matrix rate: "original" sqrt(max(1, rows/cols)), "match_rms_adamw"
+    0.2 * sqrt(max(rows, cols)) (updates of AdamW's RMS)."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return lr * math.sqrt(max(1.0, rows / cols))
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr
+
+
+if hasattr(torch.optim, "Muon"):
+
+    class CpuMuon(torch.optim.Muon):
+        """torch.optim.Muon whose orthogonalisation runs in float32 for parameters on the CPU (torch's runs in
+        bfloat16). A CPU without native bfloat16 (AVX2 only: no AVX-512 BF16, no AMX) emulates bf16 matmuls: there
+        the small-hybrid's Muon step took 20 s against 8 s for its forward and backward; in float32 it is a small
+        fraction of a second on any CPU. Same hyperparameters, state and state dict; other devices use torch's step."""
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            if not any(p.device.type == "cpu" for group in self.param_groups for p in group["params"]):
+                return super().step(closure)
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            for group in self.param_groups:
+                params, grads, buffers = [], [], []
+                self._init_group(group, params, grads, buffers)
+                momentum, lr = group["momentum"], float(group["lr"])
+                for param, grad, buffer in zip(params, grads, buffers):
+                    buffer.lerp_(grad, 1 - momentum)
+                    update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+                    update = newton_schulz_float32(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                    param.mul_(1 - lr * group["weight_decay"])
+                    param.add_(update.to(param.dtype),
+                               alpha=-muon_learning_rate(lr, group["adjust_lr_fn"], param.shape))
+            return loss
+
+
 def make_muon_optimizer(model: torch.nn.Module, args: PretrainArguments) -> CombinedOptimizer:
     """Muon on the 2-D weights inside the stack (attention, MLP, LSTM matrices), AdamW on the rest: embeddings and
     LM head (lookups and a classifier, which Muon's orthogonalised updates do not suit), norms and biases. Muon's
@@ -449,8 +504,8 @@ def make_muon_optimizer(model: torch.nn.Module, args: PretrainArguments) -> Comb
     ]
     groups = [group for group in groups if group["params"]]
     adamw = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), foreach=True)
-    muon = torch.optim.Muon([p for _, p in hidden], lr=args.learning_rate, weight_decay=args.weight_decay,
-                            adjust_lr_fn="match_rms_adamw")
+    muon = CpuMuon([p for _, p in hidden], lr=args.learning_rate, weight_decay=args.weight_decay,
+                   adjust_lr_fn="match_rms_adamw")
     return CombinedOptimizer([adamw, muon])
 
 
