@@ -270,32 +270,37 @@ def test_bfloat16_forward_and_backward_run():
     assert torch.isfinite(out.loss.float())
 
 
-@pytest.mark.parametrize("mode", ["bfloat16 weights", "bf16 autocast"])
-def test_lstm_without_a_bfloat16_kernel_runs_in_float32(monkeypatch, mode):
-    """On a CPU without AVX-512 BF16 / AMX, oneDNN's bf16 LSTM raises; the layer then runs its LSTM in float32 and
-    hands bf16 back. Forced here (the probe answers "no"), so that every machine checks the float32 route: it must
-    give the float32 model's logits (to bf16 rounding), padded rows and gradients included."""
+@pytest.mark.parametrize("padded", [False, True])
+def test_lstm_under_bf16_autocast_without_a_bfloat16_kernel_runs_in_float32(monkeypatch, padded):
+    """On a CPU without AVX-512 BF16 / AMX, oneDNN's bf16 LSTM (where autocast sends `nn.LSTM`) raises; the layer
+    then runs its LSTM outside autocast, in float32, and hands bf16 back. Forced here (the probe answers "no"), so
+    that every machine checks that route: the float32 model's logits (to bf16 rounding) and finite gradients."""
     monkeypatch.setattr(modeling_yuyan, "_cpu_has_bfloat16_lstm", lambda: False)
-    reference = build("hybrid")
     model = build("hybrid")
     ids = random_ids(2, 8)
     mask = torch.ones_like(ids)
-    mask[1, :3] = 0  # left padding: the packed-sequence route
-    expected = reference(ids, attention_mask=mask).logits
-    if mode == "bfloat16 weights":
-        model.to(torch.bfloat16)
-        out = model(ids, attention_mask=mask, labels=ids)
-    else:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(ids, attention_mask=mask, labels=ids)
-    if mode == "bfloat16 weights":
-        assert out.logits.dtype == torch.bfloat16
+    if padded:
+        mask[1, :3] = 0  # left padding: the packed-sequence route (no mask: the plain one)
+    attention_mask = mask if padded else None
+    expected = model(ids, attention_mask=attention_mask).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, attention_mask=attention_mask, labels=ids)
     real = mask.bool()
     torch.testing.assert_close(out.logits.float()[real], expected[real], atol=0.1, rtol=0.05)
     out.loss.backward()
     lstm_weight = model.model.layers[0].recurrent.lstm.weight_hh_l0
-    assert lstm_weight.grad is not None and torch.isfinite(lstm_weight.grad.float()).all()
+    assert lstm_weight.grad is not None and torch.isfinite(lstm_weight.grad).all()
     assert lstm_weight.grad.abs().sum() > 0
+
+
+def test_bf16_autocast_forward_and_backward_run():
+    """Whatever this CPU has: with a bf16 LSTM kernel the layer uses it, without one the float32 route."""
+    model = build("hybrid").train()
+    ids = random_ids(2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids)
+    out.loss.backward()
+    assert torch.isfinite(out.loss.float())
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -353,6 +353,26 @@ def budget_run(corpus, output: Path, clock: WorkClock, dropout: float = 0.0, **t
         return pretrain(args, model_values, clock=clock)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bfloat16_warns_and_still_trains(tmp_path, corpus, capsys, monkeypatch, native):
+    """bf16 autocast on an AVX2-only CPU runs ~20x slower than float32: the run says so up front, then trains (its
+    LSTM layers in float32 where the CPU has no bf16 LSTM)."""
+    from yuyan.training import pretrain as pretrain_module
+
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setattr(pretrain_module, "cpu_has_native_bfloat16", lambda: native)
+    # Accelerate keeps one process-wide state, fixed by the first Accelerator (float32 in the other tests).
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        metrics = budget_run(corpus, tmp_path / "run", WorkClock(), mixed_precision="bf16", max_steps=2, eval_steps=2)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert metrics["steps"] == 2 and metrics["mixed_precision"] == "bf16"
+    warned = "warning: --mixed-precision bf16 on a CPU without native bfloat16" in capsys.readouterr().out
+    assert warned == (not native)
+
+
 def parse_set(flags: list[str]) -> dict:
     from yuyan.training.pretrain import parse_overrides
 

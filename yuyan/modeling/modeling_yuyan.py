@@ -250,12 +250,13 @@ class YuyanAttention(nn.Module):
 
 @functools.cache
 def _cpu_has_bfloat16_lstm() -> bool:
-    """Whether `nn.LSTM` runs in bfloat16 on this CPU: oneDNN's bf16 LSTM needs AVX-512 BF16 or AMX, and without
-    them the call raises instead of falling back (an AVX2-only CPU, e.g. many AMD EPYCs)."""
-    lstm = nn.LSTM(8, 8, batch_first=True).to(torch.bfloat16)
+    """Whether `nn.LSTM` runs under bfloat16 autocast on this CPU. Autocast sends it to oneDNN's bf16 LSTM, which
+    needs AVX-512 BF16 or AMX; on an AVX2-only CPU (many AMD EPYCs, most laptops) the call raises instead of
+    falling back. (An LSTM with bf16 weights, outside autocast, takes another route and runs everywhere.)"""
+    lstm = nn.LSTM(8, 8, batch_first=True)
     try:
-        with torch.no_grad():
-            lstm(torch.zeros(1, 2, 8, dtype=torch.bfloat16))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 2, 8))
     except RuntimeError:
         return False
     return True
@@ -323,18 +324,18 @@ class YuyanLSTM(nn.Module):
         return h.unsqueeze(1), torch.stack((h, c), dim=1)
 
     def _lstm(self, inputs, hx):
-        """`self.lstm(inputs, hx)`, in float32 where this CPU has no bfloat16 LSTM (oneDNN's needs AVX-512 BF16 or
-        AMX; without them it raises): weights and inputs are cast up for the call, and the results back."""
+        """`self.lstm(inputs, hx)`; under bf16 autocast on a CPU without oneDNN's bf16 LSTM, run outside autocast
+        in the weights' own dtype instead (float32 for a mixed-precision run), results handed back in bf16."""
         data = inputs.data if isinstance(inputs, nn.utils.rnn.PackedSequence) else inputs
-        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        if data.device.type != "cpu" or (data.dtype != torch.bfloat16 and not autocast) or _cpu_has_bfloat16_lstm():
+        autocast = (data.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                    and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        if not autocast or _cpu_has_bfloat16_lstm():
             return self.lstm(inputs, hx)
-        dtype = torch.bfloat16 if autocast else data.dtype
+        dtype = self.lstm.weight_ih_l0.dtype
         with torch.autocast("cpu", enabled=False):
-            weights = {name: weight.float() for name, weight in self.lstm.named_parameters()}
-            state = None if hx is None else tuple(part.float() for part in hx)
-            output, (h, c) = torch.func.functional_call(self.lstm, weights, (inputs.float(), state))
-        return output.to(dtype), (h.to(dtype), c.to(dtype))
+            state = None if hx is None else tuple(part.to(dtype) for part in hx)
+            output, (h, c) = self.lstm(inputs.to(dtype), state)
+        return output.to(torch.bfloat16), (h.to(torch.bfloat16), c.to(torch.bfloat16))
 
     def _run(self, hidden_states: torch.Tensor, previous: torch.Tensor | None):
         hx = None

@@ -432,6 +432,13 @@ class CombinedOptimizer(torch.optim.Optimizer):
         self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU runs oneDNN's bfloat16 kernels natively (AVX-512 or AMX), as torch itself decides; on an
+    AVX2-only CPU bf16 matmuls are emulated, many times slower than float32."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return True if check is None else bool(check())
+
+
 def newton_schulz_float32(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
                           eps: float) -> torch.Tensor:
     """Muon's quintic Newton-Schulz iteration (torch.optim.Muon's coefficients and step count), in float32: the
@@ -728,6 +735,12 @@ def pretrain(
     run = new_run_record(args, settings, source, validation_source)
     accelerator = accelerator or make_accelerator(args, output)
     check_launch(accelerator)
+    if args.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_native_bfloat16():
+        accelerator.print(
+            "warning: --mixed-precision bf16 on a CPU without native bfloat16 (no AVX-512 / AMX; torch reports "
+            f"{torch.backends.cpu.get_cpu_capability()}): its bf16 matmuls are emulated, about 20x slower than "
+            "float32 (bench/optimizer_step.py). --mixed-precision no is the fast path here."
+        )
     # The documents first: a missing column or an unreadable file is reported before the output is touched. Work
     # done by the main process alone (or first) goes through `on_main_process` / `main_process_first`, so that
     # its error stops every process instead of leaving them at a barrier.
