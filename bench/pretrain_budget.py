@@ -181,7 +181,7 @@ def main() -> None:
     if not DATA.exists():
         sys.exit(f"WikiText-2 not found at {DATA}")
     if args.mixed_precision is None:
-        from yuyan.training.pretrain import cpu_has_native_bfloat16
+        from yuyan.loading import cpu_has_native_bfloat16
 
         native = cpu_has_native_bfloat16()
         args.mixed_precision = "bf16" if native else "no"

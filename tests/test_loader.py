@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from model_helpers import tiny_config
-from yuyan import YuyanForCausalLM, YuyanForSequenceClassification
+from yuyan import YuyanForCausalLM, YuyanForSequenceClassification, loading
 from yuyan.loading import load_model_and_tokenizer, resolve_model_folder
 from yuyan.tokenization import train_tokenizer
 
@@ -47,6 +47,16 @@ def test_loads_a_folder_in_eval_mode_on_the_device_and_dtype(yuyan_dir):
     assert tokenizer("the cat")["input_ids"]
     model, _ = load_model_and_tokenizer(str(yuyan_dir), dtype=torch.float32)
     assert next(model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_on_a_cpu_without_native_bfloat16_warns(yuyan_dir, monkeypatch, recwarn, native):
+    monkeypatch.setattr(loading, "cpu_has_native_bfloat16", lambda: native)
+    model, _ = load_model_and_tokenizer(yuyan_dir, dtype="bfloat16", device="cpu")
+    assert next(model.parameters()).dtype == torch.bfloat16  # a warning, not a refusal
+    load_model_and_tokenizer(yuyan_dir, dtype="float32", device="cpu")
+    warned = [w for w in recwarn if "CPU without native bfloat16" in str(w.message)]
+    assert len(warned) == (0 if native else 1)
 
 
 def test_model_class_loads_another_head(yuyan_dir):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 
 from yuyan.errors import one_line
 
@@ -135,6 +136,16 @@ def resolve_dtype(dtype):
     return getattr(torch, dtype)
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU runs oneDNN's bfloat16 kernels natively (AVX-512 or AMX), as torch itself decides; on an
+    AVX2-only CPU bf16 matmuls are emulated, many times slower than float32 (README, "A CPU without native
+    bfloat16")."""
+    import torch
+
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return True if check is None else bool(check())
+
+
 def load_model_and_tokenizer(
     name_or_path: str | os.PathLike,
     *,
@@ -158,6 +169,12 @@ def load_model_and_tokenizer(
     folder = resolve_model_folder(name_or_path, yuyan_only=yuyan_only)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
+    import torch
+
+    if torch_dtype == torch.bfloat16 and target.type == "cpu" and not cpu_has_native_bfloat16():
+        warnings.warn("bfloat16 weights on a CPU without native bfloat16 (no AVX-512 / AMX): its bf16 matmuls are "
+                      "emulated, many times slower than float32 here; float32 is the fast choice on this CPU.",
+                      stacklevel=2)
 
     import yuyan  # noqa: F401  (registers Yuyan with the Auto classes)
 

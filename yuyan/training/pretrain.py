@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from yuyan.files import move_into, publish_folder, staging_dir, write_json_atomic
+from yuyan.loading import cpu_has_native_bfloat16
 from yuyan.modeling import PRESETS, YuyanConfig, YuyanForCausalLM
 from yuyan.training.data import TextSource, load_documents, split_validation, tokenize_and_pack
 from yuyan.training.distributed import main_process_first, on_every_process, on_main_process
@@ -430,13 +431,6 @@ class CombinedOptimizer(torch.optim.Optimizer):
         for optimizer, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
             optimizer.load_state_dict(state)
         self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
-
-
-def cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU runs oneDNN's bfloat16 kernels natively (AVX-512 or AMX), as torch itself decides; on an
-    AVX2-only CPU bf16 matmuls are emulated, many times slower than float32."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return True if check is None else bool(check())
 
 
 def newton_schulz_float32(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
