@@ -802,8 +802,13 @@ class PretrainLoop:
             accelerator.init_trackers("yuyan-pretrain", config={k: v for k, v in asdict(args).items()
                                                                  if isinstance(v, (int, float, str, bool))})
         compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision, torch.float32)
-        self.peak = (args.peak_tflops * 1e12) if args.peak_tflops else measured_peak_flops(accelerator.device,
-                                                                                           compute_dtype)
+        if args.peak_tflops:
+            self.peak = args.peak_tflops * 1e12
+        else:
+            # Under autocast some matmuls stay in float32 (every LSTM, on a CPU without a bf16 LSTM), and where bf16
+            # is emulated float32 is the faster of the two: the peak is the better one, so MFU stays under 100%.
+            dtypes = {compute_dtype, torch.float32}
+            self.peak = max(measured_peak_flops(accelerator.device, dtype) for dtype in dtypes)
         self.flops_per_token = training_flops_per_token(self.config, args.block_size)
 
     def planned_total(self) -> float:
