@@ -1,6 +1,6 @@
 """Where a pretraining step's time goes on this CPU: forward + backward (float32 and bfloat16 autocast) and the
 optimizer step (AdamW; Muon as torch.optim.Muon runs it, with its orthogonalisation in bfloat16; Muon as Yuyan's
-`CpuMuon` runs it, in float32), at the shape `yuyan pretrain` trains a preset (`configs/<preset>.yaml`: 16 x 256
+`CpuMuon` runs it on a CPU without native bfloat16, in float32), at the shape `yuyan pretrain` trains a preset (`configs/<preset>.yaml`: 16 x 256
 tokens).
 
 The Muon rows time what `yuyan pretrain --optimizer muon` steps: Muon on the hidden matrices plus AdamW on the
@@ -76,12 +76,17 @@ def main(argv: list[str] | None = None) -> dict:
         plain = torch.optim.Muon([p for group in muon.param_groups for p in group["params"]], **muon.defaults)
         return CombinedOptimizer([adamw, plain])
 
+    def with_float32_muon(optimizer: CombinedOptimizer) -> CombinedOptimizer:
+        optimizer.optimizers[1].float32 = True  # the AVX2 path, whatever this CPU would pick
+        return optimizer
+
     muon_args = PretrainArguments(optimizer="muon", output="unused", learning_rate=3e-3)
     candidates = {
         "AdamW step (fused)": lambda: make_optimizer(model, PretrainArguments(output="unused")),
         "Muon + AdamW step, torch.optim.Muon (bf16 orthogonalisation)": lambda: with_torch_muon(
             make_optimizer(model, muon_args)),
-        "Muon + AdamW step, CpuMuon (float32 orthogonalisation)": lambda: make_optimizer(model, muon_args),
+        "Muon + AdamW step, CpuMuon (float32 orthogonalisation)": lambda: with_float32_muon(
+            make_optimizer(model, muon_args)),
     }
     for label, build in candidates.items():
         with torch.no_grad():

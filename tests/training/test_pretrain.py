@@ -472,7 +472,8 @@ def test_cpu_muon_takes_torchs_step_with_a_float32_orthogonalisation():
     moved = []
     for optimizer_class in (torch.optim.Muon, CpuMuon):
         params = [torch.nn.Parameter(w.clone()) for w in weights]
-        optimizer = optimizer_class(params, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+        extra = {"float32": True} if optimizer_class is CpuMuon else {}
+        optimizer = optimizer_class(params, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw", **extra)
         for step_grads in grads:
             for param, grad in zip(params, step_grads):
                 param.grad = grad.clone()
@@ -487,6 +488,29 @@ def test_cpu_muon_takes_torchs_step_with_a_float32_orthogonalisation():
     # The iteration flattens the spectrum towards 1 (Muon's coefficients leave it within about 0.5-1.5).
     singular = torch.linalg.svdvals(newton_schulz_float32(torch.randn(64, 24), (3.4445, -4.7750, 2.0315), 5, 1e-7))
     assert singular.min() > 0.4 and singular.max() < 1.6
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this torch has no torch.optim.Muon")
+def test_cpu_muon_orthogonalises_in_float32_only_without_native_bfloat16(monkeypatch):
+    """float32 is the AVX2 path; where bf16 is native torch's own (bf16) step is the faster one."""
+    import yuyan.training.pretrain as pretrain
+
+    torch.manual_seed(0)
+    weight = torch.randn(32, 24)
+    grad = torch.randn_like(weight)
+    calls = []
+    monkeypatch.setattr(pretrain, "newton_schulz_float32",
+                        lambda *a, **k: calls.append(1) or torch.zeros_like(a[0]))
+    for native, float32 in ((True, False), (False, True)):
+        monkeypatch.setattr(pretrain, "cpu_has_native_bfloat16", lambda native=native: native)
+        param = torch.nn.Parameter(weight.clone())
+        optimizer = pretrain.CpuMuon([param], lr=0.02, weight_decay=0.0)
+        assert optimizer.float32 is float32
+        param.grad = grad.clone()
+        optimizer.step()
+        assert bool(calls) is float32
+        assert torch.equal(param, weight) is float32  # the stand-in float32 update is zero; torch's is not
+        calls.clear()
 
 
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this torch has no torch.optim.Muon")

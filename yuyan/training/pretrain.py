@@ -461,14 +461,21 @@ def muon_learning_rate(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -
 if hasattr(torch.optim, "Muon"):
 
     class CpuMuon(torch.optim.Muon):
-        """torch.optim.Muon whose orthogonalisation runs in float32 for parameters on the CPU (torch's runs in
-        bfloat16). A CPU without native bfloat16 (AVX2 only: no AVX-512 BF16, no AMX) emulates bf16 matmuls: there
-        the small-hybrid's Muon step took 19.6 s against 7.6 s for its forward and backward, and 0.9 s in float32
-        (bench/optimizer_step.py). Same hyperparameters, state and state dict; other devices use torch's step."""
+        """torch.optim.Muon whose orthogonalisation runs in float32 for parameters on a CPU without native bfloat16
+        (torch's runs in bfloat16). An AVX2-only CPU emulates bf16 matmuls: there the small-hybrid's Muon step took
+        19.6 s against 7.6 s for its forward and backward, and 0.9 s in float32. Where bf16 is native (AVX-512 BF16,
+        AMX) torch's own step is the faster one (0.16 s against 0.32 s on an AVX-512 BF16 CPU;
+        bench/optimizer_step.py), and it runs. `float32` forces one path (None: decide by the CPU). Same
+        hyperparameters, state and state dict either way; other devices use torch's step."""
+
+        def __init__(self, params, *args, float32: bool | None = None, **kwargs):
+            super().__init__(params, *args, **kwargs)
+            self.float32 = not cpu_has_native_bfloat16() if float32 is None else float32
 
         @torch.no_grad()
         def step(self, closure=None):
-            if not any(p.device.type == "cpu" for group in self.param_groups for p in group["params"]):
+            on_cpu = any(p.device.type == "cpu" for group in self.param_groups for p in group["params"])
+            if not (on_cpu and self.float32):
                 return super().step(closure)
             loss = None
             if closure is not None:
