@@ -1,7 +1,7 @@
 """Where a pretraining step's time goes on this CPU: forward + backward (float32 and bfloat16 autocast) and the
 optimizer step (AdamW; Muon as torch.optim.Muon runs it, with its orthogonalisation in bfloat16; Muon as Yuyan's
-`CpuMuon` runs it on a CPU without native bfloat16, in float32), at the shape `yuyan pretrain` trains a preset (`configs/<preset>.yaml`: 16 x 256
-tokens).
+`CpuMuon` runs it on a CPU without native bfloat16, in float32), at the shape `yuyan pretrain` trains a preset
+(`configs/<preset>.yaml`: 16 x 256 tokens).
 
 The Muon rows time what `yuyan pretrain --optimizer muon` steps: Muon on the hidden matrices plus AdamW on the
 rest (embeddings, head, norms, biases). Gradients are real ones, from one backward pass; every timed row takes
