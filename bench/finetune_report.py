@@ -331,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SST-2: stop after this many selection scores without a gain (default: the whole budget)")
     parser.add_argument("--max-seq-length", type=int, default=None, help="default: each task's (256 / 384 / 512)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="generation length in evaluation")
+    parser.add_argument("--num-beams", type=int, default=1, help="generation: beams in evaluation (1: greedy)")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                        help="generation: never repeat an n-gram of this size in evaluation (0: off)")
     parser.add_argument("--group-by-length", action="store_true",
                         help="batch training examples of similar length (less padding: about 3x fewer SST-2 steps "
                         "of computation)")
@@ -412,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         data_args = {**spec["data_args"], "max_train_samples": args.max_train, "max_eval_samples": args.max_eval}
         if spec["task"] == "text-generation":
             data_args.setdefault("max_new_tokens", args.max_new_tokens)
+            data_args.update(num_beams=args.num_beams, no_repeat_ngram_size=args.no_repeat_ngram_size)
         if args.max_seq_length:
             data_args["max_seq_length"] = args.max_seq_length
         callbacks = None

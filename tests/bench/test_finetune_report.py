@@ -124,3 +124,45 @@ def test_group_by_length_reaches_the_trainer(tmp_path):
         assert training_args.max_steps == report.BUDGETS["sst2"]["max_steps"]
         budget = report.BUDGETS["sst2"]
         assert report.budget_of("sst2", args)["length"] == budget["grouped_length" if flag else "length"]
+
+
+def test_rescoring_a_generation_run_reproduces_its_score(tmp_path):
+    """bench/rescore_generation.py decodes the prompts the run scored: with the run's own settings, its score."""
+    import random
+
+    from yuyan.training.finetune import finetune
+
+    rescore_spec = importlib.util.spec_from_file_location("rescore_generation",
+                                                          REPO / "bench" / "rescore_generation.py")
+    rescore = importlib.util.module_from_spec(rescore_spec)
+    rescore_spec.loader.exec_module(rescore)
+
+    words = "cat dog bird fish tree house river stone cloud".split()
+    tokenizer = train_tokenizer(texts=[" ".join(words)] * 50, vocab_size=280)
+    config = YuyanConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                         layer_types=["lstm", "full_attention"], num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=48, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    YuyanForCausalLM(config).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    rng = random.Random(0)
+    rows = [{"source": " ".join(rng.choice(words) for _ in range(6)), "target": [rng.choice(words), "cat"]}
+            for _ in range(24)]
+    for name, part in (("train", rows[:16]), ("dev", rows[16:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in part))
+    out = tmp_path / "run"
+    metrics = finetune("text-generation", str(tmp_path / "base"), str(tmp_path / "train.jsonl"),
+                       str(tmp_path / "dev.jsonl"), out,
+                       training_args={"max_steps": 2, "per_device_train_batch_size": 8, "report_to": "none"},
+                       data_args={"max_new_tokens": 8, "max_seq_length": 64})["metrics"]
+    again = rescore.rescore(out, num_beams=1, no_repeat_ngram_size=0, max_new_tokens=None, batch_size=3,
+                            max_eval=None)
+    assert again["examples"] == 8 and again["max_new_tokens"] == 8
+    for name in ("rougeL", "chrf", "bleu"):
+        assert again["metrics"][name] == pytest.approx(metrics[name])
+    distinct = rescore.rescore(out, num_beams=1, no_repeat_ngram_size=1, max_new_tokens=None, batch_size=3,
+                               max_eval=2)
+    assert distinct["examples"] == 2 and distinct["predictions"] != again["predictions"][:2]
+    with pytest.raises(SystemExit, match="no run.json"):
+        rescore.rescore(tmp_path / "base", 1, 0, None, 3, None)

@@ -365,6 +365,9 @@ def test_errors_are_found_before_training(tmp_path, base_model):
         ft.finetune("classification", "no-such-owner/no-such-model", train, validation, out)
     with pytest.raises(ValueError, match="unknown training arguments"):
         ft.finetune("classification", base_model, train, validation, out, training_args={"learning_rat": 1e-3})
+    gen_file = _write_jsonl(tmp_path / "gen.jsonl", [{"prompt": "apple", "completion": "mango"}])
+    with pytest.raises(ValueError, match="no_repeat_ngram_size=-1 must be 0"):
+        ft.finetune("text-generation", base_model, gen_file, gen_file, out, data_args={"no_repeat_ngram_size": -1})
     with pytest.raises(ValueError, match="unknown task"):
         ft.finetune("summarise", base_model, train, validation, out)
     with pytest.raises(FileNotFoundError):
@@ -588,18 +591,34 @@ def test_text_generation_run_with_chat_template_and_pipeline(tmp_path, base_mode
     out = tmp_path / "gen"
     metrics = ft.finetune("text-generation", base_model, train, validation, out,
                           training_args={**QUICK, "num_train_epochs": 1, "per_device_eval_batch_size": 4},
-                          data_args={"chat_template": True, "max_new_tokens": 6, "system_prompt": "Reverse."})
+                          data_args={"chat_template": True, "max_new_tokens": 6, "system_prompt": "Reverse.",
+                                     "no_repeat_ngram_size": 2})
     assert metrics["task"] == "text-generation"
     assert set(metrics["metrics"]) >= {"loss", "rougeL", "chrf", "bleu"}
     run = json.loads((out / "run.json").read_text())
     assert run["data"]["chat_template"] and run["data"]["max_new_tokens"] == 6
+    assert run["data"]["no_repeat_ngram_size"] == 2
     model = AutoModelForCausalLM.from_pretrained(out)
-    assert model.generation_config.max_new_tokens == 6
+    assert model.generation_config.max_new_tokens == 6 and model.generation_config.no_repeat_ngram_size == 2
     generator = pipeline("text-generation", model=str(out))
     chat = generator([{"role": "system", "content": "Reverse."}, {"role": "user", "content": "apple mango lemon"}])
     assert chat[0]["generated_text"][-1]["role"] == "assistant"
     plain = generator("apple mango\n", max_new_tokens=3)
     assert plain[0]["generated_text"].startswith("apple mango\n")
+
+
+def test_evaluation_decoding_can_forbid_repeated_ngrams(base_model, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_model)  # random weights: greedy decoding loops
+    prompt = tokenizer("apple mango", add_special_tokens=False)["input_ids"]
+    looping = generation.generate_completions(model, tokenizer, [prompt], max_new_tokens=12)
+    distinct = generation.generate_completions(model, tokenizer, [prompt], max_new_tokens=12, no_repeat_ngram_size=1)
+    ids = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, no_repeat_ngram_size=1,
+                         pad_token_id=tokenizer.pad_token_id)[0].tolist()
+    assert len(ids) > len(prompt) + 1 and len(set(ids)) == len(ids)  # no token twice, the prompt's included
+    assert distinct == [tokenizer.decode(ids[len(prompt):], skip_special_tokens=True).strip()]
+    assert looping != distinct
 
 
 def test_lora_trains_only_the_adapter_and_merges_exactly(tmp_path, base_model, tokenizer):

@@ -160,6 +160,9 @@ class DataArguments:
     )
     max_new_tokens: int = field(default=64, metadata={"help": "generation: tokens generated in evaluation"})
     num_beams: int = field(default=1, metadata={"help": "generation: beams in evaluation (1: greedy)"})
+    no_repeat_ngram_size: int = field(
+        default=0, metadata={"help": "generation: never repeat an n-gram of this size in evaluation (0: off)"}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N validation examples"})
 

@@ -14,10 +14,10 @@ A completion longer than `max_target_length` tokens is cut (and then has no eos)
 of `max_seq_length` loses its end, but keeps the format's tokens around it (the suffix, the generation prompt).
 A completion cell may hold a list of references: training uses the first, evaluation scores against all.
 
-Evaluation: greedy decoding (`num_beams` beams if set) of up to `max_new_tokens` tokens from each validation prompt,
-scored with maintained packages, in percent: ROUGE-L F1 (`rouge-score`, with Porter stemming; text with CJK
-characters is compared character by character), chrF and BLEU (`sacrebleu`; BLEU with its `zh` tokenisation
-for CJK references, else `13a`).
+Evaluation: greedy decoding (`num_beams` beams if set; with `no_repeat_ngram_size` n, no n-gram twice, the prompt
+included) of up to `max_new_tokens` tokens from each validation prompt, scored with maintained packages, in
+percent: ROUGE-L F1 (`rouge-score`, with Porter stemming; text with CJK characters is compared character by
+character), chrF and BLEU (`sacrebleu`; BLEU with its `zh` tokenisation for CJK references, else `13a`).
 """
 
 from __future__ import annotations
@@ -114,11 +114,20 @@ class CompletionCollator:
         return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
 
 
+def evaluation_prompts(prompt_format: PromptFormat, prompts: Sequence[Any], max_length: int,
+                       max_new_tokens: int) -> list[list[int]]:
+    """The token ids that evaluation continues: each prompt cut to leave room for `max_new_tokens` within
+    `max_length` (or to half of it, when the generation length would leave the prompt under a quarter)."""
+    room = max_length - max_new_tokens if max_length - max_new_tokens >= max_length // 4 else max_length // 2
+    return [prompt_format.prompt_ids(as_text(prompt), room) for prompt in prompts]
+
+
 @torch.no_grad()
 def generate_completions(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                         batch_size: int = 8, num_beams: int = 1) -> list[str]:
+                         batch_size: int = 8, num_beams: int = 1, no_repeat_ngram_size: int = 0) -> list[str]:
     """Greedy (or beam) continuations of tokenised prompts, left-padded in batches; decoded without special
-    tokens and stripped."""
+    tokens and stripped. `no_repeat_ngram_size` n > 0 forbids any n-gram twice in a sequence (prompt included),
+    as `generate` does: small models decoded greedily fall into loops otherwise."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -137,6 +146,7 @@ def generate_completions(model, tokenizer, prompts: Sequence[Sequence[int]], max
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=num_beams,
+                no_repeat_ngram_size=no_repeat_ngram_size,
                 pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
             )
@@ -205,7 +215,8 @@ def text_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _references(value: Any) -> list[str]:
+def as_references(value: Any) -> list[str]:
+    """A completion cell as its list of reference texts (one cell may hold several)."""
     if isinstance(value, (list, tuple)):
         return [as_text(item) for item in value]
     return [as_text(value)]
@@ -236,7 +247,7 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
     def encode(dataset, where):
         rows: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
         for row, (prompt, completion) in enumerate(zip(dataset[prompt_column], dataset[completion_column])):
-            references = _references(completion)
+            references = as_references(completion)
             if not references or not references[0].strip():
                 raise ValueError(f"{where}: row {row} has an empty completion")
             encoded = encode_example(prompt_format, as_text(prompt), references[0], max_length, max_target_length)
@@ -246,15 +257,17 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
 
     train_dataset = encode(train, train_path)
     eval_dataset = encode(validation, validation_path)
-    prompt_room = max_length - max_new_tokens if max_length - max_new_tokens >= max_length // 4 else max_length // 2
-    eval_prompts = [prompt_format.prompt_ids(as_text(prompt), prompt_room) for prompt in validation[prompt_column]]
-    eval_references = [_references(value) for value in validation[completion_column]]
+    eval_prompts = evaluation_prompts(prompt_format, validation[prompt_column], max_length, max_new_tokens)
+    eval_references = [as_references(value) for value in validation[completion_column]]
     num_beams = data_args.num_beams
+    no_repeat_ngram_size = data_args.no_repeat_ngram_size
+    if no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size={no_repeat_ngram_size} must be 0 (off) or a positive n-gram size")
 
     def final_evaluation(trainer) -> dict[str, float]:
         batch_size = trainer.args.per_device_eval_batch_size
         predictions = generate_completions(trainer.model, tokenizer, eval_prompts, max_new_tokens, batch_size,
-                                           num_beams)
+                                           num_beams, no_repeat_ngram_size)
         return text_metrics(predictions, eval_references)
 
     def prepare_model(model) -> None:
@@ -262,6 +275,7 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
         generation.max_new_tokens = max_new_tokens
         generation.do_sample = False
         generation.num_beams = num_beams
+        generation.no_repeat_ngram_size = no_repeat_ngram_size
         generation.pad_token_id = tokenizer.pad_token_id
         generation.eos_token_id = tokenizer.eos_token_id
 
@@ -284,6 +298,7 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
             "max_target_length": max_target_length,
             "max_new_tokens": max_new_tokens,
             "num_beams": num_beams,
+            "no_repeat_ngram_size": no_repeat_ngram_size,
         },
     )
 
@@ -291,7 +306,9 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
 __all__ = [
     "CompletionCollator",
     "PromptFormat",
+    "as_references",
     "encode_example",
+    "evaluation_prompts",
     "generate_completions",
     "prepare",
     "text_metrics",
