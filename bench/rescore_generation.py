@@ -21,7 +21,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def rescore(folder: Path, num_beams: int, no_repeat_ngram_size: int, max_new_tokens: int | None,
             batch_size: int, max_eval: int | None) -> dict:
-    import torch
     from transformers import AutoModelForCausalLM
 
     from yuyan.training.finetune import load_tokenizer
@@ -40,7 +39,7 @@ def rescore(folder: Path, num_beams: int, no_repeat_ngram_size: int, max_new_tok
 
     tokenizer = load_tokenizer(str(folder))
     model = AutoModelForCausalLM.from_pretrained(folder)
-    validation = load_table(data["validation_file"])
+    validation = load_table(data["validation_file"], (data.get("options") or {}).get("delimiter"))
     if max_eval is not None:
         validation = validation.select(range(min(max_eval, len(validation))))
     prompt_format = PromptFormat(tokenizer, data["chat_template"], data["system_prompt"],
@@ -49,9 +48,8 @@ def rescore(folder: Path, num_beams: int, no_repeat_ngram_size: int, max_new_tok
     prompts = evaluation_prompts(prompt_format, validation[data["prompt_column"]], data["max_seq_length"], new_tokens)
     references = [as_references(value) for value in validation[data["completion_column"]]]
     start = time.perf_counter()
-    with torch.inference_mode():
-        predictions = generate_completions(model, tokenizer, prompts, new_tokens, batch_size, num_beams,
-                                           no_repeat_ngram_size)
+    predictions = generate_completions(model, tokenizer, prompts, new_tokens, batch_size, num_beams,
+                                       no_repeat_ngram_size)
     seconds = time.perf_counter() - start
     return {"folder": str(folder), "num_beams": num_beams, "no_repeat_ngram_size": no_repeat_ngram_size,
             "max_new_tokens": new_tokens, "examples": len(predictions), "seconds": round(seconds, 1),

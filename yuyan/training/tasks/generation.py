@@ -243,6 +243,9 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
             f"max_target_length={max_target_length} must be positive and below max_seq_length={max_length}"
         )
     max_new_tokens = data_args.max_new_tokens
+    no_repeat_ngram_size = data_args.no_repeat_ngram_size
+    if no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size={no_repeat_ngram_size} must be 0 (off) or a positive n-gram size")
 
     def encode(dataset, where):
         rows: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
@@ -260,9 +263,6 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
     eval_prompts = evaluation_prompts(prompt_format, validation[prompt_column], max_length, max_new_tokens)
     eval_references = [as_references(value) for value in validation[completion_column]]
     num_beams = data_args.num_beams
-    no_repeat_ngram_size = data_args.no_repeat_ngram_size
-    if no_repeat_ngram_size < 0:
-        raise ValueError(f"no_repeat_ngram_size={no_repeat_ngram_size} must be 0 (off) or a positive n-gram size")
 
     def final_evaluation(trainer) -> dict[str, float]:
         batch_size = trainer.args.per_device_eval_batch_size
