@@ -136,6 +136,23 @@ def test_a_schedule_fixed_mid_run_never_jumps_and_ends_at_the_floor(warmup, plan
     steepest = max(1 / warmup, 1 / max(1, plan["final_warmup_steps"] - planned_at), math.pi / max(1, total - planned_at))
     assert all(abs(b - a) <= steepest + 1e-9 for a, b in zip(rates, rates[1:])), "the rate jumped"
     assert max(rates) <= 1.0 and math.isclose(rates[-1], 0.1) and rates[-1] == min(rates[planned_at:])
+    if total - planned_at >= 20:  # room to warm up: the peak is reached whenever the plan was fixed
+        assert max(rates) == 1.0
+
+
+def test_a_short_time_budget_planned_after_its_warm_up_still_reaches_the_peak():
+    """3 minutes at 2 s a step: the step time is known at step 13, when the provisional 200-step warm-up is at
+    7% and the run's own warm-up (a tenth of 94 steps) should be over; the rate climbs to the peak at the
+    run's warm-up pace, then decays."""
+    from yuyan.training.pretrain import fix_schedule, new_schedule_plan, schedule_factor
+
+    plan = new_schedule_plan(200)
+    fix_schedule(plan, 94, 13, "max_minutes", 0.1)
+    rates = [schedule_factor(step, plan, 0.1) for step in range(95)]
+    peak_at = rates.index(max(rates))
+    assert max(rates) == 1.0 and 13 < peak_at <= 13 + 9
+    assert all(a <= b for a, b in zip(rates[:peak_at], rates[1 : peak_at + 1]))
+    assert all(a >= b for a, b in zip(rates[peak_at:], rates[peak_at + 1 :]))
 
 
 # ---------------------------------------------------------------------------------------------------------------

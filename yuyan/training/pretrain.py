@@ -364,13 +364,20 @@ def schedule_factor(step: int, plan: dict, floor: float) -> float:
 
 def fix_schedule(plan: dict, total_steps: int, step: int, fixed_by: str, floor: float) -> None:
     """Fix the run's length to `total_steps`, from optimizer step `step` on. The warm-up becomes at most a tenth of
-    the run (short runs spend most of their steps decaying), and never ends before `step` (what is done stays
-    done)."""
+    the run (short runs spend most of their steps decaying) and never ends before `step` (what is done stays done).
+
+    A plan fixed after that tenth has passed (a short time budget on a slow machine: the step time is measured
+    while the provisional warm-up, `warmup_steps` long, has barely begun) still takes the rate to the peak, at the
+    new warm-up's pace from where it is, within half of the steps left; otherwise the whole run would train at the
+    few percent of the peak reached while measuring."""
+    total_steps = int(total_steps)
     start = schedule_factor(step - 1, plan, floor) if step > 0 else 0.0
+    warmup = min(plan["warmup_steps"], max(1, total_steps // 10))
+    catch_up = step + math.ceil((1 - start) * warmup)
     plan.update(
-        total_steps=int(total_steps),
+        total_steps=total_steps,
         planned_at=step,
-        final_warmup_steps=max(step, min(plan["warmup_steps"], max(1, int(total_steps) // 10))),
+        final_warmup_steps=max(step, min(max(warmup, catch_up), step + (total_steps - step) // 2)),
         start_factor=start,
         fixed_by=fixed_by,
     )

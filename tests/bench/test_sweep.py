@@ -1,0 +1,62 @@
+"""bench/sweep.py's pieces that decide what runs: a variant equal to the base recipe is not run twice, the
+training text cut to a fraction keeps whole lines, and a cut run is recorded apart from a whole-data run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+spec = importlib.util.spec_from_file_location("sweep", REPO / "bench" / "sweep.py")
+sweep = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sweep)
+
+HYBRID = str(REPO / "configs" / "small-hybrid.yaml")
+
+
+def test_a_variant_that_changes_nothing_is_recognised_as_the_base():
+    assert sweep.same_as_base(HYBRID, {"model.tie_word_embeddings": True}, sweep.DEFAULT_TOKENIZER)
+    assert sweep.same_as_base(HYBRID, {"warmup_steps": 200}, sweep.DEFAULT_TOKENIZER)
+    assert not sweep.same_as_base(HYBRID, {"model.tie_word_embeddings": False}, sweep.DEFAULT_TOKENIZER)
+    assert not sweep.same_as_base(HYBRID, {"warmup_steps": 10}, sweep.DEFAULT_TOKENIZER)
+    assert not sweep.same_as_base(HYBRID, {}, 4096)
+
+
+def test_every_shape_variant_is_a_valid_model():
+    for name, overrides in sweep.AXES["shape"].items():
+        assert not sweep.same_as_base(HYBRID, overrides, sweep.DEFAULT_TOKENIZER), name
+
+
+def test_a_training_fraction_keeps_whole_lines_from_the_start(tmp_path, monkeypatch):
+    data = tmp_path / "wikitext"
+    data.mkdir()
+    lines = [f"line {i} " + "word " * (i % 7) + "\n" for i in range(200)]
+    (data / "train.txt").write_text("".join(lines), encoding="utf-8")
+    monkeypatch.setattr(sweep, "DATA", data)
+    args = argparse.Namespace(train_fraction=0.25, output=tmp_path)
+    cut = sweep.training_text(args).read_text(encoding="utf-8").splitlines(keepends=True)
+    assert cut == lines[: len(cut)]
+    total = sum(map(len, lines))
+    assert 0.25 * total <= sum(map(len, cut)) < 0.25 * total + max(map(len, lines))
+    assert sweep.training_text(argparse.Namespace(train_fraction=1.0, output=tmp_path)) == data / "train.txt"
+
+
+@pytest.mark.parametrize("fraction", [0, 1.5])
+def test_a_fraction_outside_zero_to_one_is_refused(fraction, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sweep, "DATA", tmp_path)
+    monkeypatch.setattr("sys.argv", ["sweep.py", "--train-fraction", str(fraction), "--output", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        sweep.main()
+    assert "--train-fraction" in capsys.readouterr().err
+
+
+def test_only_names_variants_of_the_chosen_axes(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sweep, "DATA", tmp_path)
+    monkeypatch.setattr("sys.argv", ["sweep.py", "--axes", "lr", "--only", "192x8", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        sweep.main()
+    assert "192x8" in capsys.readouterr().err
