@@ -33,7 +33,7 @@ DATA = REPO.parent / "shared" / "data" / "wikitext-2"
 # Each axis: named variants, each a set of overrides (`--set` keys: training fields, or `model.FIELD`), and
 # `tokenizer` (a vocabulary size for the shared BPE tokenizer, or "word" for the word-level one).
 AXES: dict[str, dict[str, dict]] = {
-    "lr": {f"lr={lr:g}": {"learning_rate": lr} for lr in (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)},
+    "lr": {f"lr={lr:g}": {"learning_rate": lr} for lr in (5e-4, 1e-3, 2e-3, 4e-3, 6e-3, 8e-3)},
     "schedule": {
         "warmup 10": {"warmup_steps": 10},
         "warmup 200": {"warmup_steps": 200},
@@ -46,10 +46,12 @@ AXES: dict[str, dict[str, dict]] = {
         "32x128": {"batch_size": 32, "block_size": 128},
         "16x512": {"batch_size": 16, "block_size": 512},
     },
+    # Width x depth; the MLP keeps about 8/3 of the width (the small presets' 688 at 256).
     "shape": {
-        "narrow-deep": {"model.hidden_size": 192, "model.num_hidden_layers": 8},
-        "wide-shallow": {"model.hidden_size": 384, "model.num_hidden_layers": 2},
-        "half": {"model.hidden_size": 192, "model.num_hidden_layers": 4},
+        "192x8": {"model.hidden_size": 192, "model.intermediate_size": 512, "model.num_hidden_layers": 8},
+        "192x12": {"model.hidden_size": 192, "model.intermediate_size": 512, "model.num_hidden_layers": 12},
+        "256x4": {"model.hidden_size": 256, "model.intermediate_size": 688, "model.num_hidden_layers": 4},
+        "384x4": {"model.hidden_size": 384, "model.intermediate_size": 1024, "model.num_hidden_layers": 4},
     },
     "vocab": {
         "bpe 4k": {"tokenizer": 4096},
@@ -91,6 +93,35 @@ def tokens_per_word(tokenizer_dir: Path, text: str) -> float:
     return len(tokenize_text(AutoTokenizer.from_pretrained(tokenizer_dir), text)) / count_words(text)
 
 
+def same_as_base(config: str, settings: dict, tokenizer) -> bool:
+    """Whether a variant resolves to the base recipe itself (e.g. "tied" when the base ties): no need to run it."""
+    from dataclasses import asdict
+
+    from yuyan.training.pretrain import resolve_config
+
+    (base_model, base_training), (model, training) = resolve_config(config), resolve_config(config, settings)
+    return (tokenizer == DEFAULT_TOKENIZER and asdict(training) == asdict(base_training)
+            and model.config.to_dict() == base_model.config.to_dict())
+
+
+def training_text(args) -> Path:
+    """The training file of the sweep: WikiText-2's, or its first `--train-fraction` (whole lines), which makes a
+    short budget see as many epochs as a long budget sees of the whole file (how regularisation is judged)."""
+    if args.train_fraction == 1:
+        return DATA / "train.txt"
+    path = args.output / f"train-{args.train_fraction:g}.txt"
+    if not path.exists():
+        lines = (DATA / "train.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+        keep, size, target = [], 0, args.train_fraction * sum(len(line) for line in lines)
+        for line in lines:
+            if size >= target:
+                break
+            keep.append(line)
+            size += len(line)
+        path.write_text("".join(keep), encoding="utf-8")
+    return path
+
+
 def base_settings(config: str) -> dict:
     from yuyan.training.pretrain import resolve_config
 
@@ -106,12 +137,17 @@ def run_one(name: str, overrides: dict, args, base: dict) -> dict:
         settings["learning_rate"] = 2 * base["learning_rate"]
     record = {"config": args.config, "minutes": args.minutes, "tokenizer": tokenizer, "settings": settings,
               "mixed_precision": args.mixed_precision}
+    if args.train_fraction != 1:
+        record["train_fraction"] = args.train_fraction
     done = folder / "sweep.json"
     if done.exists() and json.loads(done.read_text()).get("record") == record:
         return json.loads(done.read_text())
+    if name != "base" and same_as_base(args.config, settings, tokenizer):
+        print(f"\n=== {name}: the same recipe as the base, not run again", flush=True)
+        return {}
     tokenizer_dir = tokenizer_for(tokenizer, args.output)
     command = [
-        sys.executable, "-m", "yuyan.cli", "pretrain", "--config", args.config, "--data", str(DATA / "train.txt"),
+        sys.executable, "-m", "yuyan.cli", "pretrain", "--config", args.config, "--data", str(training_text(args)),
         "--validation-data", str(DATA / "valid.txt"), "--txt-split", "file", "--tokenizer", str(tokenizer_dir),
         "--output", str(folder), "--overwrite", "--max-minutes", str(args.minutes),
         "--mixed-precision", args.mixed_precision, "--eval-steps", str(args.eval_steps), "--eval-batches", "20",
@@ -147,6 +183,11 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "configs" / "small-lstm.yaml"), help="the base recipe")
     parser.add_argument("--minutes", type=float, default=3.0, help="training budget of every run")
     parser.add_argument("--axes", nargs="+", default=list(AXES), choices=list(AXES))
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                        help="run only these variants of the chosen axes (e.g. at a longer budget: lr=0.006 192x12)")
+    parser.add_argument("--train-fraction", type=float, default=1.0,
+                        help="train on the first FRACTION of WikiText-2's training text (e.g. 0.0625 makes 3 minutes "
+                        "several epochs, as 60 minutes on the whole file are)")
     parser.add_argument("--output", type=Path, default=None, help="default bench/results/sweep-CONFIG-MINUTES")
     parser.add_argument("--mixed-precision", default="bf16")
     parser.add_argument("--eval-steps", type=int, default=1_000_000, help="periodic evaluations (none by default)")
@@ -160,6 +201,11 @@ def main() -> None:
         return
     if not DATA.exists():
         sys.exit(f"WikiText-2 not found at {DATA}")
+    if not 0 < args.train_fraction <= 1:
+        parser.error(f"--train-fraction {args.train_fraction} must be in (0, 1].")
+    unknown = set(args.only or []) - {name for axis in args.axes for name in AXES[axis]}
+    if unknown:
+        parser.error(f"--only {sorted(unknown)}: not variants of the axes {args.axes}; see --list.")
     if "optimizer" in args.axes:
         import torch
 
@@ -167,11 +213,15 @@ def main() -> None:
             print("torch.optim.Muon is missing in this torch: the optimizer axis is skipped.")
             args.axes.remove("optimizer")
     stem = Path(args.config).stem
-    args.output = args.output or REPO / "bench" / "results" / f"sweep-{stem}-{args.minutes:g}min"
+    data_part = "" if args.train_fraction == 1 else f"-data{args.train_fraction:g}"
+    args.output = args.output or REPO / "bench" / "results" / f"sweep-{stem}-{args.minutes:g}min{data_part}"
     args.output.mkdir(parents=True, exist_ok=True)
 
     base = base_settings(args.config)
-    runs = [("base", "base", {})] + [(axis, name, overrides) for axis in args.axes for name, overrides in AXES[axis].items()]
+    runs = [("base", "base", {})] + [
+        (axis, name, overrides) for axis in args.axes for name, overrides in AXES[axis].items()
+        if args.only is None or name in args.only
+    ]
     results = []
     for axis, name, overrides in runs:
         result = run_one(name, overrides, args, base)
@@ -183,7 +233,9 @@ def main() -> None:
 
     reference = results[0]["valid_word_perplexity"]
     lines = [
-        f"### Sweep: {stem}, {args.minutes:g} minutes a run, WikiText-2, {args.mixed_precision}, seed {args.seed}",
+        f"### Sweep: {stem}, {args.minutes:g} minutes a run, WikiText-2"
+        + ("" if args.train_fraction == 1 else f" (first {args.train_fraction:g} of the training text)")
+        + f", {args.mixed_precision}, seed {args.seed}",
         "",
         f"Base: `{args.config}` with a {DEFAULT_TOKENIZER:,}-token BPE tokenizer. One change a row; chosen by validation "
         "word perplexity (validation loss x tokens per word).",
