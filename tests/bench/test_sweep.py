@@ -1,5 +1,6 @@
-"""bench/sweep.py's pieces that decide what runs: a variant equal to the base recipe is not run twice, the
-training text cut to a fraction keeps whole lines, and a cut run is recorded apart from a whole-data run."""
+"""bench/sweep.py's pieces that decide what runs: a variant equal to the base recipe is not run twice, every shape
+variant is a valid model, the training text cut to a fraction keeps whole lines from the start, and bad
+`--train-fraction` / `--only` values are refused before anything runs."""
 
 from __future__ import annotations
 
