@@ -79,6 +79,32 @@ def test_shared_data_splits(tmp_path):
     text = (tmp_path / "tatoeba-train.txt").read_text(encoding="utf-8").splitlines()
     assert text == [side for pair in tatoeba_train for side in pair] and text[0] == "Hi."
 
+    # SciTLDR: decoding chosen on dev, scored on test (SciTLDR-A's 618 abstracts), no abstract in both.
+    scitldr = tasks["scitldr"]
+    dev, test = (jsonl_rows(scitldr[split]) for split in ("validation", "test"))
+    assert len(test) == 618 and not {r["paper_id"] for r in dev} & {r["paper_id"] for r in test}
+    assert all(isinstance(r["source"], list) and r["target"] for r in test)
+
+
+def jsonl_rows(path):
+    return [json.loads(line) for line in Path(path).read_text("utf-8").splitlines() if line]
+
+
+def test_each_generation_task_keeps_its_decoding_unless_the_command_line_sets_one(tmp_path):
+    tasks = {"summary": {"task": "text-generation", "data_args": {"no_repeat_ngram_size": 3}},
+             "translation": {"task": "text-generation", "data_args": {"max_new_tokens": 32}},
+             "sentiment": {"task": "classification", "data_args": {"text_column": "sentence"}}}
+    default = report.build_parser().parse_args(["model"])
+    assert report.task_data_args(tasks["summary"], default)["no_repeat_ngram_size"] == 3
+    translation = report.task_data_args(tasks["translation"], default)
+    assert "no_repeat_ngram_size" not in translation and translation["max_new_tokens"] == 32
+    assert "num_beams" not in report.task_data_args(tasks["sentiment"], default)
+    off = report.build_parser().parse_args(["model", "--no-repeat-ngram-size", "0", "--num-beams", "4"])
+    for name in ("summary", "translation"):
+        assert report.task_data_args(tasks[name], off)["no_repeat_ngram_size"] == 0
+        assert report.task_data_args(tasks[name], off)["num_beams"] == 4
+    assert tasks["summary"]["data_args"] == {"no_repeat_ngram_size": 3}  # the task's own options are not changed
+
 
 def test_scratch_twin_has_the_config_and_tokenizer_but_not_the_weights(tmp_path):
     texts = [f"the {word} is here." for word in "cat dog bird fish tree house river".split()] * 20
@@ -149,20 +175,54 @@ def test_rescoring_a_generation_run_reproduces_its_score(tmp_path):
     rng = random.Random(0)
     rows = [{"source": " ".join(rng.choice(words) for _ in range(6)), "target": [rng.choice(words), "cat"]}
             for _ in range(24)]
-    for name, part in (("train", rows[:16]), ("dev", rows[16:])):
+    for name, part in (("train", rows[:16]), ("dev", rows[16:]), ("test", rows[3:8])):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in part))
     out = tmp_path / "run"
-    metrics = finetune("text-generation", str(tmp_path / "base"), str(tmp_path / "train.jsonl"),
-                       str(tmp_path / "dev.jsonl"), out,
-                       training_args={"max_steps": 2, "per_device_train_batch_size": 8, "report_to": "none"},
-                       data_args={"max_new_tokens": 8, "max_seq_length": 64})["metrics"]
+    scores = finetune("text-generation", str(tmp_path / "base"), str(tmp_path / "train.jsonl"),
+                      str(tmp_path / "dev.jsonl"), out,
+                      training_args={"max_steps": 2, "per_device_train_batch_size": 8, "report_to": "none"},
+                      data_args={"max_new_tokens": 8, "max_seq_length": 64}, test_file=str(tmp_path / "test.jsonl"))
+    metrics = scores["metrics"]
     again = rescore.rescore(out, num_beams=1, no_repeat_ngram_size=0, max_new_tokens=None, batch_size=3,
                             max_eval=None)
     assert again["examples"] == 8 and again["max_new_tokens"] == 8
     for name in ("rougeL", "chrf", "bleu"):
         assert again["metrics"][name] == pytest.approx(metrics[name])
+    assert sum(again["rougeL_each"]) / 8 == pytest.approx(metrics["rougeL"])  # the per-example scores behind it
     distinct = rescore.rescore(out, num_beams=1, no_repeat_ngram_size=1, max_new_tokens=None, batch_size=3,
                                max_eval=2)
     assert distinct["examples"] == 2 and distinct["predictions"] != again["predictions"][:2]
+    # Another split in the run's format: the score the run's own test file got.
+    test = rescore.rescore(out, num_beams=1, no_repeat_ngram_size=0, max_new_tokens=None, batch_size=3,
+                           max_eval=None, eval_file=tmp_path / "test.jsonl")
+    assert test["examples"] == 5 and test["eval_file"] == str(tmp_path / "test.jsonl")
+    for name in ("rougeL", "chrf", "bleu"):
+        assert test["metrics"][name] == pytest.approx(scores["test_metrics"][name])
+    (tmp_path / "other.jsonl").write_text(json.dumps({"article": "cat", "summary": "dog"}) + "\n")
+    with pytest.raises(SystemExit, match="no column source"):
+        rescore.rescore(out, 1, 0, None, 3, None, eval_file=tmp_path / "other.jsonl")
     with pytest.raises(SystemExit, match="no run.json"):
         rescore.rescore(tmp_path / "base", 1, 0, None, 3, None)
+
+
+def test_a_paired_bootstrap_brackets_the_difference_and_knows_when_it_is_sure():
+    import random
+
+    rescore_spec = importlib.util.spec_from_file_location("rescore_generation",
+                                                          REPO / "bench" / "rescore_generation.py")
+    rescore = importlib.util.module_from_spec(rescore_spec)
+    rescore_spec.loader.exec_module(rescore)
+    rng = random.Random(1)
+    second = [rng.uniform(0, 40) for _ in range(400)]
+    level = rescore.paired_bootstrap(second, second)
+    assert level == {"difference": 0.0, "low": 0.0, "high": 0.0, "first_wins": 0.0}
+    ahead = rescore.paired_bootstrap([score + 1 for score in second], second)
+    assert ahead["difference"] == pytest.approx(1) and ahead["low"] == pytest.approx(1) and ahead["first_wins"] == 1
+    # A small gap under large per-example noise: the interval holds the gap and reaches below zero.
+    noisy = [score + 0.5 + rng.gauss(0, 20) for score in second]
+    gap = rescore.paired_bootstrap(noisy, second, seed=3)
+    assert gap["low"] < 0 < gap["high"] and gap["low"] < gap["difference"] < gap["high"]
+    assert 0.2 < gap["first_wins"] < 1
+    assert rescore.paired_bootstrap(noisy, second, seed=3) == gap  # seeded
+    with pytest.raises(ValueError, match="same examples"):
+        rescore.paired_bootstrap(noisy, second[:-1])

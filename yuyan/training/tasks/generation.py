@@ -186,28 +186,41 @@ def check_metric_packages() -> None:
         raise ValueError(f"text-generation evaluation needs {' and '.join(missing)}: pip install {' '.join(missing)}")
 
 
-def text_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
-    """ROUGE-L F1, chrF and BLEU in percent (see the module docstring); several references per example allowed."""
-    from rouge_score import rouge_scorer
-    from sacrebleu.metrics import BLEU, CHRF
-
+def _checked_references(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> list[list[str]]:
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} examples")
-    references = [[ref for ref in refs if ref] or [""] for refs in references]
-    if not predictions:
-        return {"rougeL": 0.0, "chrf": 0.0, "bleu": 0.0}
+    return [[ref for ref in refs if ref] or [""] for refs in references]
+
+
+def rouge_l_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
+    """Each prediction's ROUGE-L F1 in percent, against the best of its references (characters for Chinese, stemmed
+    words otherwise); their mean is text_metrics' ROUGE-L."""
+    from rouge_score import rouge_scorer
+
+    references = _checked_references(predictions, references)
     cjk = any(has_cjk(ref) for refs in references for ref in refs)
     scorer = (
         rouge_scorer.RougeScorer(["rougeL"], tokenizer=_CharacterTokenizer())
         if cjk
         else rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     )
-    rouge = sum(scorer.score_multi(refs, pred)["rougeL"].fmeasure for pred, refs in zip(predictions, references))
+    return [100 * scorer.score_multi(refs, pred)["rougeL"].fmeasure for pred, refs in zip(predictions, references)]
+
+
+def text_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """ROUGE-L F1, chrF and BLEU in percent (see the module docstring); several references per example allowed."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    references = _checked_references(predictions, references)
+    if not predictions:
+        return {"rougeL": 0.0, "chrf": 0.0, "bleu": 0.0}
+    cjk = any(has_cjk(ref) for refs in references for ref in refs)
+    rouge = sum(rouge_l_scores(predictions, references))
     most = max(len(refs) for refs in references)
     streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(most)]
     chrf = CHRF().corpus_score(list(predictions), streams).score
     bleu = BLEU(tokenize="zh" if cjk else "13a").corpus_score(list(predictions), streams).score
-    return {"rougeL": 100 * rouge / len(predictions), "chrf": float(chrf), "bleu": float(bleu)}
+    return {"rougeL": rouge / len(predictions), "chrf": float(chrf), "bleu": float(bleu)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -311,5 +324,6 @@ __all__ = [
     "evaluation_prompts",
     "generate_completions",
     "prepare",
+    "rouge_l_scores",
     "text_metrics",
 ]
