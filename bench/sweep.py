@@ -129,6 +129,15 @@ def base_settings(config: str) -> dict:
     return {"learning_rate": training.learning_rate, **{f"model.{k}": v for k, v in model.requested.items()}}
 
 
+def final_training_loss(loss_history: list | None, last: int = 20) -> float | None:
+    """Mean training loss over the last `last` logged steps: beside the validation loss, how far a run memorises its
+    training text (with dropout on, the training loss is measured with it on, so it reads a little high)."""
+    if not loss_history:
+        return None
+    tail = [loss for _, loss in loss_history[-last:]]
+    return sum(tail) / len(tail)
+
+
 def run_one(name: str, overrides: dict, args, base: dict) -> dict:
     folder = args.output / name.replace(" ", "_").replace("=", "-")
     tokenizer = overrides.get("tokenizer", DEFAULT_TOKENIZER)
@@ -141,7 +150,12 @@ def run_one(name: str, overrides: dict, args, base: dict) -> dict:
         record["train_fraction"] = args.train_fraction
     done = folder / "sweep.json"
     if done.exists() and json.loads(done.read_text()).get("record") == record:
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        if "train_loss" not in result:  # written before the column was added
+            from yuyan.training.records import read_metrics
+
+            result["train_loss"] = final_training_loss(read_metrics(folder).loss_history)
+        return result
     if name != "base" and same_as_base(args.config, settings, tokenizer):
         print(f"\n=== {name}: the same recipe as the base, not run again", flush=True)
         return {}
@@ -167,6 +181,7 @@ def run_one(name: str, overrides: dict, args, base: dict) -> dict:
         "record": record,
         "name": name,
         "validation_loss": metrics.validation_loss,
+        "train_loss": final_training_loss(metrics.loss_history),
         "valid_word_perplexity": math.exp(metrics.validation_loss * ratio),
         "steps": metrics.steps,
         "tokens_seen": metrics.tokens_seen,
@@ -176,6 +191,10 @@ def run_one(name: str, overrides: dict, args, base: dict) -> dict:
     }
     done.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _loss(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def main() -> None:
@@ -240,8 +259,9 @@ def main() -> None:
         f"Base: `{args.config}` with a {DEFAULT_TOKENIZER:,}-token BPE tokenizer. One change a row; chosen by validation "
         "word perplexity (validation loss x tokens per word).",
         "",
-        "| axis | run | changes | params | steps | tokens seen | valid loss | valid word ppl | vs base |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| axis | run | changes | params | steps | tokens seen | train loss (last 20 steps) | valid loss "
+        "| valid word ppl | vs base |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results:
         changes = ", ".join(f"{k}={v}" for k, v in row["record"]["settings"].items())
@@ -249,7 +269,8 @@ def main() -> None:
             changes = ", ".join(filter(None, [changes, f"tokenizer={row['record']['tokenizer']}"]))
         lines.append(
             f"| {row['axis']} | {row['name']} | {changes or '-'} | {row['parameters'] / 1e6:.1f}M | {row['steps']:,} "
-            f"| {row['tokens_seen']:,} | {row['validation_loss']:.4f} | {row['valid_word_perplexity']:,.1f} "
+            f"| {row['tokens_seen']:,} | {_loss(row.get('train_loss'))} | {row['validation_loss']:.4f} "
+            f"| {row['valid_word_perplexity']:,.1f} "
             f"| {row['valid_word_perplexity'] / reference:.3f} |"
         )
     best = min(results, key=lambda row: row["valid_word_perplexity"])

@@ -1,6 +1,7 @@
 """bench/sweep.py's pieces that decide what runs: a variant equal to the base recipe is not run twice, every shape
 variant is a valid model, the training text cut to a fraction keeps whole lines from the start, and bad
-`--train-fraction` / `--only` values are refused before anything runs."""
+`--train-fraction` / `--only` values are refused before anything runs; the table's training loss is the mean over
+the last logged steps."""
 
 from __future__ import annotations
 
@@ -61,3 +62,11 @@ def test_only_names_variants_of_the_chosen_axes(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep.main()
     assert "192x8" in capsys.readouterr().err
+
+
+def test_the_final_training_loss_is_the_mean_of_the_last_logged_steps():
+    history = [[step, 10.0] for step in range(1, 81)] + [[step, 2.0 + step % 2] for step in range(81, 101)]
+    assert sweep.final_training_loss(history) == pytest.approx(2.5)  # steps 81-100 only
+    assert sweep.final_training_loss(history, last=1) == 2.0
+    assert sweep.final_training_loss(history[:3]) == 10.0  # a run shorter than the window
+    assert sweep.final_training_loss([]) is None and sweep.final_training_loss(None) is None
