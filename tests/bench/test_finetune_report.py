@@ -1,5 +1,6 @@
-"""bench/finetune_report.py's pieces that can break: the SST-2 and Tatoeba splits of the shared data, the
-selection slice kept apart from the training rows, and the from-scratch twin of a model."""
+"""bench/finetune_report.py's pieces that can break: the SST-2, Tatoeba and SciTLDR splits of the shared data, the
+selection slice kept apart from the training rows, each task's decoding defaults, and the from-scratch twin of a
+model; and bench/rescore_generation.py: rescoring a run (on its own or another split) and the paired bootstrap."""
 
 from __future__ import annotations
 
@@ -22,9 +23,16 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED / "sst2" / "train.tsv").is_file(), reason="../shared/data absent")
 
-spec = importlib.util.spec_from_file_location("finetune_report", REPO / "bench" / "finetune_report.py")
-report = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(report)
+
+def _bench_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _bench_script("finetune_report")
+rescore = _bench_script("rescore_generation")
 
 
 def _tsv(path: Path) -> list[tuple[str, str]]:
@@ -70,8 +78,7 @@ def test_shared_data_splits(tmp_path):
     assert len(pairs) == 29_155
 
     def jsonl(path):
-        rows = map(json.loads, Path(path).read_text("utf-8").splitlines())
-        return [[row["prompt"], row["completion"]] for row in rows]
+        return [[row["prompt"], row["completion"]] for row in jsonl_rows(path)]
 
     tatoeba_train, tatoeba_eval = jsonl(tasks["tatoeba"]["train"]), jsonl(tasks["tatoeba"]["validation"])
     assert tatoeba_eval == pairs[9::10] and len(tatoeba_eval) == 2_915
@@ -158,11 +165,6 @@ def test_rescoring_a_generation_run_reproduces_its_score(tmp_path):
 
     from yuyan.training.finetune import finetune
 
-    rescore_spec = importlib.util.spec_from_file_location("rescore_generation",
-                                                          REPO / "bench" / "rescore_generation.py")
-    rescore = importlib.util.module_from_spec(rescore_spec)
-    rescore_spec.loader.exec_module(rescore)
-
     words = "cat dog bird fish tree house river stone cloud".split()
     tokenizer = train_tokenizer(texts=[" ".join(words)] * 50, vocab_size=280)
     config = YuyanConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
@@ -208,10 +210,6 @@ def test_rescoring_a_generation_run_reproduces_its_score(tmp_path):
 def test_a_paired_bootstrap_brackets_the_difference_and_knows_when_it_is_sure():
     import random
 
-    rescore_spec = importlib.util.spec_from_file_location("rescore_generation",
-                                                          REPO / "bench" / "rescore_generation.py")
-    rescore = importlib.util.module_from_spec(rescore_spec)
-    rescore_spec.loader.exec_module(rescore)
     rng = random.Random(1)
     second = [rng.uniform(0, 40) for _ in range(400)]
     level = rescore.paired_bootstrap(second, second)
