@@ -46,8 +46,10 @@ AXES: dict[str, dict[str, dict]] = {
         "32x128": {"batch_size": 32, "block_size": 128},
         "16x512": {"batch_size": 16, "block_size": 512},
     },
-    # Width x depth; the MLP keeps about 8/3 of the width (the small presets' 688 at 256).
+    # Width x depth; the MLP keeps about 8/3 of the width (the small presets' 688 at 256). A config at one of these
+    # shapes (configs/small-*.yaml are 256x4) skips that variant as its own base.
     "shape": {
+        "256x8": {"model.hidden_size": 256, "model.intermediate_size": 688, "model.num_hidden_layers": 8},
         "192x8": {"model.hidden_size": 192, "model.intermediate_size": 512, "model.num_hidden_layers": 8},
         "192x12": {"model.hidden_size": 192, "model.intermediate_size": 512, "model.num_hidden_layers": 12},
         "256x4": {"model.hidden_size": 256, "model.intermediate_size": 688, "model.num_hidden_layers": 4},
