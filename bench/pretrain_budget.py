@@ -1,6 +1,7 @@
 """Pretraining on WikiText-2 under a fixed wall-clock budget: the Yuyan `small` stacks and the classic `seed-lstm`
-(optionally against transformers' LlamaForCausalLM at the `small` dimensions, trained the way transformers'
-`run_clm` example trains it: Trainer defaults, AdamW, learning rate 5e-5, linear decay over 3 epochs, fp32).
+(optionally against transformers' LlamaForCausalLM at the shape of `configs/small-attention.yaml`, trained the way
+transformers' `run_clm` example trains it: Trainer defaults, AdamW, learning rate 5e-5, linear decay over 3 epochs,
+fp32).
 
 Every model of a run gets the same tokenizer (byte-level BPE, or word-level with `--tokenizer-model word`, both
 trained on the training split), the same packed blocks and the same budget: `yuyan pretrain --max-minutes`, which
@@ -69,13 +70,14 @@ def train_llama(args, tokenizer_dir: Path, output: Path) -> dict:
         TrainingArguments,
     )
 
-    from yuyan import YuyanConfig
     from yuyan.training.data import TextSource, load_documents, tokenize_and_pack
+    from yuyan.training.pretrain import parse_overrides, resolve_config
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     documents = load_documents(TextSource(files=[str(DATA / "train.txt")], txt_split=args.txt_split))
     blocks = tokenize_and_pack(documents, tokenizer, args.block_size)
-    reference = YuyanConfig.from_preset("small-attention", vocab_size=len(tokenizer))
+    # Llama at the attention stack's shape as configs/small-attention.yaml sets it (and any --set model.* fields).
+    reference = resolve_config(str(REPO / "configs" / "small-attention.yaml"), parse_overrides(args.set))[0].config
     torch.manual_seed(42)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=reference.hidden_size, intermediate_size=reference.intermediate_size,
