@@ -13,8 +13,9 @@ same order as validation loss when the tokenizer is the same, and comparable acr
     python bench/sweep.py --list                                                       # the axes and their values
 
 Writes OUTPUT/NAME/ (each run's folder), OUTPUT/results.json and a Markdown table, OUTPUT/sweep.md (printed too).
-A run whose metrics are already there with the same settings is not run again, so an interrupted sweep continues
-where it stopped. Run it on an otherwise idle machine: a busy core changes what a minute buys.
+A run whose metrics are already there with the same settings (and a config that still resolves to the same
+recipe) is not run again, so an interrupted sweep continues where it stopped. Run it on an otherwise idle machine:
+a busy core changes what a minute buys.
 """
 
 from __future__ import annotations
@@ -125,10 +126,27 @@ def training_text(args) -> Path:
 
 
 def base_settings(config: str) -> dict:
+    """The base recipe as the config file resolves it: every training field and the model fields it sets."""
+    from dataclasses import asdict
+
     from yuyan.training.pretrain import resolve_config
 
     model, training = resolve_config(config)
-    return {"learning_rate": training.learning_rate, **{f"model.{k}": v for k, v in model.requested.items()}}
+    return {**asdict(training), **{f"model.{k}": v for k, v in model.requested.items()}}
+
+
+def run_record(overrides: dict, args, base: dict) -> tuple[dict, object, dict]:
+    """(the run's `--set` settings, its tokenizer, the record that identifies it). The record holds the resolved
+    base recipe, not only the config's path, so a cached run is not reused once the config file has changed."""
+    tokenizer = overrides.get("tokenizer", DEFAULT_TOKENIZER)
+    settings = {k: v for k, v in overrides.items() if k != "tokenizer"}
+    if settings.get("learning_rate") == "x2":
+        settings["learning_rate"] = 2 * base["learning_rate"]
+    record = {"config": args.config, "base": base, "minutes": args.minutes, "tokenizer": tokenizer,
+              "settings": settings, "mixed_precision": args.mixed_precision}
+    if args.train_fraction != 1:
+        record["train_fraction"] = args.train_fraction
+    return settings, tokenizer, record
 
 
 def final_training_loss(loss_history: list | None, last: int = 20) -> float | None:
@@ -142,14 +160,7 @@ def final_training_loss(loss_history: list | None, last: int = 20) -> float | No
 
 def run_one(name: str, overrides: dict, args, base: dict) -> dict:
     folder = args.output / name.replace(" ", "_").replace("=", "-")
-    tokenizer = overrides.get("tokenizer", DEFAULT_TOKENIZER)
-    settings = {k: v for k, v in overrides.items() if k != "tokenizer"}
-    if settings.get("learning_rate") == "x2":
-        settings["learning_rate"] = 2 * base["learning_rate"]
-    record = {"config": args.config, "minutes": args.minutes, "tokenizer": tokenizer, "settings": settings,
-              "mixed_precision": args.mixed_precision}
-    if args.train_fraction != 1:
-        record["train_fraction"] = args.train_fraction
+    settings, tokenizer, record = run_record(overrides, args, base)
     done = folder / "sweep.json"
     if done.exists() and json.loads(done.read_text()).get("record") == record:
         result = json.loads(done.read_text())

@@ -75,3 +75,17 @@ def test_the_final_training_loss_is_the_mean_of_the_last_logged_steps():
     assert sweep.final_training_loss(history, last=1) == 2.0
     assert sweep.final_training_loss(history[:3]) == 10.0  # a run shorter than the window
     assert sweep.final_training_loss([]) is None and sweep.final_training_loss(None) is None
+
+
+def test_a_cached_run_is_reused_only_while_its_config_file_resolves_to_the_same_recipe(tmp_path):
+    import json
+
+    config = tmp_path / "recipe.yaml"
+    config.write_text("model:\n  preset: tiny-hybrid\ntraining:\n  learning_rate: 0.003\n")
+    args = argparse.Namespace(config=str(config), minutes=3.0, mixed_precision="bf16", train_fraction=1.0)
+    settings, tokenizer, record = sweep.run_record({"learning_rate": "x2"}, args, sweep.base_settings(str(config)))
+    assert settings == {"learning_rate": 0.006} and tokenizer == sweep.DEFAULT_TOKENIZER
+    assert json.loads(json.dumps(record)) == record  # what sweep.json stores compares equal when read back
+    config.write_text("model:\n  preset: tiny-hybrid\n  num_hidden_layers: 2\ntraining:\n  learning_rate: 0.003\n")
+    changed = sweep.run_record({"learning_rate": "x2"}, args, sweep.base_settings(str(config)))[2]
+    assert changed != record and changed["config"] == record["config"]
