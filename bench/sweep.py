@@ -54,6 +54,7 @@ AXES: dict[str, dict[str, dict]] = {
         "192x8": {"model.hidden_size": 192, "model.intermediate_size": 512, "model.num_hidden_layers": 8},
         "192x12": {"model.hidden_size": 192, "model.intermediate_size": 512, "model.num_hidden_layers": 12},
         "256x4": {"model.hidden_size": 256, "model.intermediate_size": 688, "model.num_hidden_layers": 4},
+        "256x2": {"model.hidden_size": 256, "model.intermediate_size": 688, "model.num_hidden_layers": 2},
         "384x4": {"model.hidden_size": 384, "model.intermediate_size": 1024, "model.num_hidden_layers": 4},
     },
     "vocab": {
