@@ -14,7 +14,7 @@ entries with `<unk>`), one token is one counted word: token and word perplexity 
 
     python bench/pretrain_budget.py --minutes 15                          # about an hour for the four models
     python bench/pretrain_budget.py --minutes 15 --tokenizer-model word   # the word-level rows
-    python bench/pretrain_budget.py --minutes 60 --models lstm            # the best stack alone
+    python bench/pretrain_budget.py --minutes 60 --models hybrid          # the best stack alone
     python bench/pretrain_budget.py --minutes 0.2 --eval-chars 20000 --models attention seed-lstm   # a smoke run
 
 Writes OUTPUT/results.json, OUTPUT/loss_vs_time.png and prints a Markdown table. Each Yuyan model trains in its
@@ -142,7 +142,7 @@ def evaluate(model_dir: Path, args) -> dict:
 
 def train_shared_tokenizer(args) -> Path:
     """One tokenizer for every model of the run, trained on the training split (reused when already there)."""
-    vocabulary = args.vocab_size or ("all" if args.tokenizer_model == "word" else 16384)
+    vocabulary = args.vocab_size or ("all" if args.tokenizer_model == "word" else 8192)
     tokenizer_dir = args.output / f"tokenizer-{args.tokenizer_model}-{vocabulary}"
     if not (tokenizer_dir / "tokenizer.json").exists():
         if args.tokenizer_model == "word":
@@ -168,7 +168,8 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, default=None,
                         help="use this tokenizer folder instead of training one (e.g. finetune_report.py's bilingual one)")
     parser.add_argument("--vocab-size", type=int, default=None,
-                        help="tokenizer vocabulary (default: 16384 for bpe, every training word for word)")
+                        help="tokenizer vocabulary (default: 8192 for bpe, as `yuyan tokenizer train`; every training "
+                             "word for word)")
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--txt-split", choices=("file", "paragraph", "line"), default="file",
                         help="documents of the training file (file: one stream, blank lines kept, as it is scored)")

@@ -59,7 +59,7 @@ AXES: dict[str, dict[str, dict]] = {
     },
     "vocab": {
         "bpe 4k": {"tokenizer": 4096},
-        "bpe 8k": {"tokenizer": 8192},
+        "bpe 16k": {"tokenizer": 16384},
         "bpe 32k": {"tokenizer": 32768},
         "word": {"tokenizer": "word"},
     },
@@ -71,7 +71,7 @@ AXES: dict[str, dict[str, dict]] = {
     "tying": {"untied": {"model.tie_word_embeddings": False}, "tied": {"model.tie_word_embeddings": True}},
     "optimizer": {"muon": {"optimizer": "muon"}, "muon lr x2": {"optimizer": "muon", "learning_rate": "x2"}},
 }
-DEFAULT_TOKENIZER = 16384
+DEFAULT_TOKENIZER = 8192
 
 
 def tokenizer_for(choice, output: Path) -> Path:
