@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--write-bilingual-tokenizer", type=Path, metavar="DIR",
                         help="train a tokenizer on --pretraining-text + the Tatoeba training split into DIR, then stop")
     parser.add_argument("--pretraining-text", type=Path, default=DATA / "wikitext-2" / "train.txt")
-    parser.add_argument("--vocab-size", type=int, default=16384, help="of the bilingual tokenizer")
+    parser.add_argument("--vocab-size", type=int, default=8192,
+                        help="of the bilingual tokenizer (the same as bench/pretrain_budget.py's)")
     parser.add_argument("--scratch-only", action="store_true", help="only the from-scratch rows")
     parser.add_argument("--prepare-only", action="store_true",
                         help="write the data files (OUTPUT/data, with tatoeba-train.txt for the tokenizer) and stop")
