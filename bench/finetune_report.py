@@ -62,6 +62,7 @@ import time
 from pathlib import Path
 
 from yuyan.files import write_text_atomic
+from yuyan.tokenization.bpe import DEFAULT_VOCAB_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -332,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--write-bilingual-tokenizer", type=Path, metavar="DIR",
                         help="train a tokenizer on --pretraining-text + the Tatoeba training split into DIR, then stop")
     parser.add_argument("--pretraining-text", type=Path, default=DATA / "wikitext-2" / "train.txt")
-    parser.add_argument("--vocab-size", type=int, default=8192,
-                        help="of the bilingual tokenizer (the same as bench/pretrain_budget.py's)")
+    parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
+                        help="of the bilingual tokenizer (default: `yuyan tokenizer train`'s, as in "
+                             "bench/pretrain_budget.py)")
     parser.add_argument("--scratch-only", action="store_true", help="only the from-scratch rows")
     parser.add_argument("--prepare-only", action="store_true",
                         help="write the data files (OUTPUT/data, with tatoeba-train.txt for the tokenizer) and stop")

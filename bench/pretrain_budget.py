@@ -142,7 +142,9 @@ def evaluate(model_dir: Path, args) -> dict:
 
 def train_shared_tokenizer(args) -> Path:
     """One tokenizer for every model of the run, trained on the training split (reused when already there)."""
-    vocabulary = args.vocab_size or ("all" if args.tokenizer_model == "word" else 8192)
+    from yuyan.tokenization.bpe import DEFAULT_VOCAB_SIZE
+
+    vocabulary = args.vocab_size or ("all" if args.tokenizer_model == "word" else DEFAULT_VOCAB_SIZE)
     tokenizer_dir = args.output / f"tokenizer-{args.tokenizer_model}-{vocabulary}"
     if not (tokenizer_dir / "tokenizer.json").exists():
         if args.tokenizer_model == "word":
@@ -168,7 +170,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, default=None,
                         help="use this tokenizer folder instead of training one (e.g. finetune_report.py's bilingual one)")
     parser.add_argument("--vocab-size", type=int, default=None,
-                        help="tokenizer vocabulary (default: 8192 for bpe, as `yuyan tokenizer train`; every training "
+                        help="tokenizer vocabulary (default: `yuyan tokenizer train`'s for bpe, 8192; every training "
                              "word for word)")
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--txt-split", choices=("file", "paragraph", "line"), default="file",
