@@ -203,6 +203,16 @@ def stack_of(model: Path) -> str:
     return "lstm" if kinds == {"lstm"} else "attention" if "lstm" not in kinds else "hybrid"
 
 
+def pretraining_files(model: Path) -> list[str]:
+    """The text files `model` was pretrained on, as its run.json (yuyan pretrain) records them."""
+    run = json.loads((model / "run.json").read_text()) if (model / "run.json").is_file() else {}
+    files = (run.get("data") or {}).get("train")
+    if not files:
+        raise ValueError(f"{model}/run.json does not name the pretraining text files: --reset-unseen-tokens needs "
+                         "a model pretrained from text files by yuyan pretrain")
+    return [files] if isinstance(files, str) else list(files)
+
+
 def make_scratch_model(model: Path, output: Path, seed: int) -> Path:
     """A randomly initialised twin of `model`: the same config and tokenizer, fresh weights (seeded). It is the
     from-scratch row: what the fine-tuning budget alone reaches without pretraining."""
@@ -362,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora", action="store_true", help="LoRA adapters instead of full fine-tuning (merged)")
     parser.add_argument("--dropout", type=float, default=None,
                         help="hidden_dropout while fine-tuning (layers and head; default: the model's own, 0)")
+    parser.add_argument("--reset-unseen-tokens", action="store_true",
+                        help="pretrained rows: tokens that never occur in the model's pretraining text (its run.json) "
+                        "get fresh embeddings first (yuyan finetune --reset-unseen-tokens)")
     parser.add_argument("--xquad-eval-articles", type=int, default=10)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=None,
@@ -453,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                 test_file=str(spec["test"]) if "test" in spec else None,
                 callbacks=callbacks,
                 config_overrides=None if args.dropout is None else {"hidden_dropout": args.dropout},
+                reset_unseen_tokens=pretraining_files(model) if args.reset_unseen_tokens and init == "pretrained"
+                else None,
             )
             run = read_run(run_dir)  # metrics: the dict finetune returns
             scored = metrics.get("test_metrics") or metrics["metrics"]

@@ -145,6 +145,20 @@ def test_scratch_twin_has_the_config_and_tokenizer_but_not_the_weights(tmp_path)
     assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == ["model"]
 
 
+def test_pretraining_files_come_from_the_models_run_record(tmp_path):
+    """--reset-unseen-tokens reads the pretraining text from run.json (`yuyan pretrain` writes a list, older runs a
+    path); a model without that record is an error that says why."""
+    (tmp_path / "run.json").write_text(json.dumps({"data": {"train": ["/d/a.txt", "/d/b.txt"]}}))
+    assert report.pretraining_files(tmp_path) == ["/d/a.txt", "/d/b.txt"]
+    (tmp_path / "run.json").write_text(json.dumps({"data": {"train": "/d/a.txt"}}))
+    assert report.pretraining_files(tmp_path) == ["/d/a.txt"]
+    (tmp_path / "run.json").write_text(json.dumps({"data": {"dataset": "wikitext"}}))
+    with pytest.raises(ValueError, match="does not name the pretraining text"):
+        report.pretraining_files(tmp_path)
+    with pytest.raises(ValueError, match="does not name the pretraining text"):
+        report.pretraining_files(tmp_path / "elsewhere")
+
+
 def test_group_by_length_reaches_the_trainer(tmp_path):
     """`--group-by-length` names a TrainingArguments field of the installed transformers (it was renamed once)."""
     from yuyan.training.finetune import make_training_arguments

@@ -417,6 +417,40 @@ def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path,
     assert not Path(bad).exists()
 
 
+def test_tokens_unseen_in_pretraining_start_with_fresh_embeddings(tmp_path, base_model, tokenizer):
+    """--reset-unseen-tokens: the rows of the tokens absent from the given text are redrawn before training starts
+    (the special tokens and every seen row as pretrained); run.json says how many; a missing file stops the run
+    before any model is loaded."""
+    from transformers import TrainerCallback
+
+    train = _write_jsonl(tmp_path / "train.jsonl", _sentiment_rows(32, 0))
+    validation = _write_jsonl(tmp_path / "validation.jsonl", _sentiment_rows(8, 1))
+    pretraining = tmp_path / "pretraining.txt"
+    pretraining.write_text(" ".join(FRUIT) + "\n", encoding="utf-8")
+    start = {}
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            start["embeddings"] = model.get_input_embeddings().weight.detach().clone()
+
+    out = tmp_path / "out"
+    ft.finetune("classification", base_model, train, validation, str(out), training_args={**QUICK, "max_steps": 1},
+                reset_unseen_tokens=[pretraining], callbacks=[Spy()])
+    pretrained = YuyanForCausalLM.from_pretrained(base_model).get_input_embeddings().weight.detach()
+    seen = torch.zeros(len(pretrained), dtype=torch.bool)
+    seen[tokenizer(" ".join(FRUIT) + "\n", add_special_tokens=False)["input_ids"]] = True
+    seen[tokenizer.all_special_ids] = True
+    moved = (start["embeddings"] != pretrained).any(dim=1)
+    assert torch.equal(moved, ~seen)
+    run = json.loads((out / "run.json").read_text())
+    assert run["training"]["reset_unseen_tokens"] == {"files": [str(pretraining)], "tokens": int((~seen).sum())}
+    bad = tmp_path / "bad"
+    with pytest.raises(ValueError, match="not a file"):
+        ft.finetune("classification", base_model, train, validation, str(bad),
+                    reset_unseen_tokens=[tmp_path / "missing.txt"])
+    assert not bad.exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
@@ -433,12 +467,13 @@ def test_every_training_argument_is_a_flag():
         "--output", "out", "--learning_rate", "1e-3", "--num-train-epochs", "2", "--per_device_train_batch_size",
         "8", "--warmup-steps", "3", "--text-column", "sentence", "--class_names", "neg", "pos", "--lora",
         "--lora-r", "4", "--lora-target-modules", "qkv_proj", "out_proj", "--delimiter", "\\t", "--seed", "7",
-        "--config-overrides", "hidden_dropout=0.1",
+        "--config-overrides", "hidden_dropout=0.1", "--reset-unseen-tokens", "a.txt", "b.txt",
     ])
     finetune_args, data_args, lora_args, training_args = split_namespace(args)
     assert finetune_args.task == "classification" and finetune_args.model_name_or_path == "m"
     assert finetune_args.train_file == "t.csv" and finetune_args.validation_file == "v.csv"
     assert finetune_args.config_overrides == "hidden_dropout=0.1"
+    assert finetune_args.reset_unseen_tokens == ["a.txt", "b.txt"]
     assert training_args.output_dir == "out" and training_args.learning_rate == 1e-3
     assert training_args.num_train_epochs == 2 and training_args.per_device_train_batch_size == 8
     assert training_args.warmup_steps == 3 and training_args.seed == 7

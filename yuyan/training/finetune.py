@@ -120,6 +120,12 @@ class FinetuneArguments:
         metadata={"help": "model config fields for fine-tuning, as transformers' run_clm spells them: "
                   "hidden_dropout=0.1,attention_dropout=0.1 (allowed: " + ", ".join(FINETUNE_CONFIG_FIELDS) + ")"},
     )
+    reset_unseen_tokens: list[str] | None = field(
+        default=None,
+        metadata={"help": "the text files the model was pretrained on: tokens that never occur in them get fresh "
+                  "embeddings drawn like the pretrained ones (for a tokenizer that knows more than pretraining read, "
+                  "e.g. a second language)"},
+    )
 
 
 @dataclass
@@ -410,6 +416,7 @@ def finetune(
     test_file: str | os.PathLike | None = None,
     callbacks: list | None = None,
     config_overrides: dict[str, Any] | str | None = None,
+    reset_unseen_tokens: list[str | os.PathLike] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `model` (a Yuyan folder or Hub id) for `task` and save it in `output_dir`; returns metrics.json.
 
@@ -420,6 +427,8 @@ def finetune(
     `callbacks`: Trainer callbacks (e.g. `EarlyStoppingCallback`).
     `config_overrides`: model config fields for this run (`FINETUNE_CONFIG_FIELDS`, e.g. `{"hidden_dropout": 0.1}`),
     a dict or a "key=value,key=value" string; they are saved with the fine-tuned model.
+    `reset_unseen_tokens`: the text files the model was pretrained on; the tokens that never occur in them get
+    fresh embeddings before training (`yuyan.training.unseen_tokens`).
     """
     from transformers import set_seed
 
@@ -436,8 +445,14 @@ def finetune(
     config_overrides = parse_config_overrides(config_overrides)
     inputs = prepare_inputs(task_spec, model, tokenizer, data_args, train_file, validation_file, test_file,
                             config_overrides)
+    seen = None
+    if reset_unseen_tokens:
+        from yuyan.training.unseen_tokens import token_counts
+
+        seen = token_counts(inputs.tokenizer, reset_unseen_tokens, inputs.config.vocab_size) > 0
     set_seed(training_args.seed)
-    task_model, parameters, targets = load_task_model(task_spec, inputs, lora_args, ignore_mismatched_sizes)
+    task_model, parameters, targets, redrawn = load_task_model(task_spec, inputs, lora_args,
+                                                               ignore_mismatched_sizes, seen, training_args.seed)
 
     # Fit, evaluate, save.
     trainer, train_seconds = fit(task_model, training_args, inputs, callbacks)
@@ -457,6 +472,9 @@ def finetune(
         hardware=hardware_name(training_args.device),
     )
     run = run_record(task_spec, trainer, inputs, data_args, lora_args, targets)
+    if reset_unseen_tokens:
+        run.training["reset_unseen_tokens"] = {"files": [str(file) for file in reset_unseen_tokens],
+                                               "tokens": len(redrawn)}
     # Launched as several processes, each holds the same trained model: the main one writes the folder (several
     # writers would replace each other's files while the card is rendered), and an error there stops them all.
     from yuyan.training.distributed import on_main_process
@@ -553,8 +571,11 @@ def parse_config_overrides(overrides: dict[str, Any] | str | None) -> dict[str, 
     return {key: float(value) for key, value in overrides.items()}
 
 
-def load_task_model(task: Task, inputs: FinetuneInputs, lora_args: LoraArguments, ignore_mismatched_sizes: bool):
-    """The base model with the task's head (LoRA-wrapped with `--lora`); (model, parameters, LoRA targets)."""
+def load_task_model(task: Task, inputs: FinetuneInputs, lora_args: LoraArguments, ignore_mismatched_sizes: bool,
+                    seen: torch.Tensor | None = None, seed: int = 0):
+    """The base model with the task's head (LoRA-wrapped with `--lora`); (model, parameters, LoRA targets, the
+    token ids whose embeddings were redrawn). `seen`: a flag per token id; the embeddings of the tokens not seen are
+    redrawn (`reset_unseen_token_embeddings`), except the special tokens'."""
     setup, config = inputs.setup, inputs.config
     config_updates = {**inputs.config_overrides, **setup.config_updates}
     if config.pad_token_id is None and inputs.tokenizer.pad_token_id is not None:
@@ -564,11 +585,16 @@ def load_task_model(task: Task, inputs: FinetuneInputs, lora_args: LoraArguments
     )
     if setup.prepare_model is not None:
         setup.prepare_model(task_model)
+    redrawn = []
+    if seen is not None:
+        from yuyan.training.unseen_tokens import reset_unseen_token_embeddings
+
+        redrawn = reset_unseen_token_embeddings(task_model, seen, keep=inputs.tokenizer.all_special_ids, seed=seed)
     parameters = _count_parameters(task_model)
     targets = None
     if lora_args.lora:
         task_model, targets = apply_lora(task_model, lora_args, task.peft_task_type, setup.head_modules)
-    return task_model, parameters, targets
+    return task_model, parameters, targets, redrawn
 
 
 def fit(task_model, training_args, inputs: FinetuneInputs, callbacks: list | None):
