@@ -56,6 +56,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shutil
 import sys
 import time
@@ -134,6 +135,16 @@ def split_tatoeba(path: Path) -> tuple[list[dict], list[dict]]:
     return train, evaluation
 
 
+def unpaired_tatoeba_lines(pairs: list[dict], seed: int) -> list[str]:
+    """Every sentence of the pairs as its own line, English first, then Chinese, each side in its own shuffled
+    order: monolingual text in both languages with no translation pair left side by side."""
+    english = [row["prompt"] + "\n" for row in pairs]
+    chinese = [row["completion"] + "\n" for row in pairs]
+    random.Random(seed).shuffle(english)
+    random.Random(seed + 1).shuffle(chinese)
+    return english + chinese
+
+
 def prepare_data(work: Path, eval_articles: int, selection_size: int = 2000, seed: int = 42,
                  data: Path = DATA) -> dict[str, dict]:
     """Data files (converted where needed) and finetune() options for each task; `test` is the scored file when
@@ -177,6 +188,9 @@ def prepare_data(work: Path, eval_articles: int, selection_size: int = 2000, see
     train, evaluation = split_tatoeba(data / "tatoeba-cmn-eng" / "cmn.txt")
     # The training split as plain text (English line, Chinese line) for `yuyan tokenizer train`.
     write_text_atomic(work / "tatoeba-train.txt", "".join(f"{row['prompt']}\n{row['completion']}\n" for row in train))
+    # The same sentences unpaired, for pretraining on the task's own text (not its pairs): all English lines, then
+    # all Chinese lines, each side shuffled on its own, so that no line sits beside its translation.
+    write_text_atomic(work / "tatoeba-unpaired.txt", "".join(unpaired_tatoeba_lines(train, seed)))
     tasks["tatoeba"] = {
         "task": "text-generation",
         "train": _write_jsonl(work / "tatoeba-train.jsonl", train),

@@ -39,7 +39,8 @@ def train_yuyan(kind: str, args, tokenizer_dir: Path, output: Path) -> dict:
     config = REPO / "configs" / (f"{kind}.yaml" if kind == "seed-lstm" else f"small-{kind}.yaml")
     command = [
         sys.executable, "-m", "yuyan.cli", "pretrain", "--config", str(config),
-        "--data", str(DATA / "train.txt"), "--validation-data", str(DATA / "valid.txt"), "--txt-split", args.txt_split,
+        "--data", str(DATA / "train.txt"), *map(str, args.extra_train_text),
+        "--validation-data", str(DATA / "valid.txt"), "--txt-split", args.txt_split,
         "--tokenizer", str(tokenizer_dir), "--output", str(output), "--max-minutes", str(args.minutes),
         "--mixed-precision", args.mixed_precision,
         "--eval-steps", "100000", "--save-steps", "100000", "--logging-steps", "20", "--overwrite",
@@ -172,6 +173,9 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=None,
                         help="tokenizer vocabulary (default: `yuyan tokenizer train`'s for bpe, 8192; every training "
                              "word for word)")
+    parser.add_argument("--extra-train-text", type=Path, nargs="+", default=[], metavar="FILE",
+                        help="Yuyan runs: text files trained on beside WikiText-2's training text (scored on "
+                        "WikiText-2 alone), e.g. finetune_report.py's unpaired Tatoeba sentences")
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--txt-split", choices=("file", "paragraph", "line"), default="file",
                         help="documents of the training file (file: one stream, blank lines kept, as it is scored)")
@@ -214,7 +218,8 @@ def main() -> None:
     vocabulary = len(AutoTokenizer.from_pretrained(tokenizer_dir))
     print(f"\n### WikiText-2, {args.minutes:g} minutes of training per model, 2-core CPU, "
           f"{'the' if args.tokenizer else args.tokenizer_model} tokenizer ({vocabulary:,} tokens)"
-          f"{', Yuyan runs with ' + ' '.join(args.set) if args.set else ''}\n")
+          f"{', Yuyan runs with ' + ' '.join(args.set) if args.set else ''}"
+          f"{', trained also on ' + ' '.join(map(str, args.extra_train_text)) if args.extra_train_text else ''}\n")
     print("| model | params | steps | tokens seen | tokens/s | train min | valid word ppl | test word ppl "
           "| test token ppl | test bits/byte |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

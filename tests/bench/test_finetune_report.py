@@ -145,6 +145,19 @@ def test_scratch_twin_has_the_config_and_tokenizer_but_not_the_weights(tmp_path)
     assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == ["model"]
 
 
+def test_unpaired_tatoeba_text_keeps_every_sentence_and_no_pair_together():
+    pairs = [{"prompt": f"sentence {i}.", "completion": f"句子{i}。"} for i in range(200)]
+    lines = report.unpaired_tatoeba_lines(pairs, seed=42)
+    sentences = [row["prompt"] + "\n" for row in pairs] + [row["completion"] + "\n" for row in pairs]
+    assert Counter(lines) == Counter(sentences)
+    english, chinese = lines[:200], lines[200:]
+    assert all(line.startswith("sentence") for line in english) and all(line.startswith("句子") for line in chinese)
+    # Each side shuffled on its own: the i-th English and the i-th Chinese line are (almost) never one pair.
+    same_pair = sum(e.split()[1].rstrip(".\n") == c[2:].rstrip("。\n") for e, c in zip(english, chinese))
+    assert same_pair <= 5 and english != [row["prompt"] + "\n" for row in pairs]
+    assert report.unpaired_tatoeba_lines(pairs, seed=42) == lines
+
+
 def test_pretraining_files_come_from_the_models_run_record(tmp_path):
     """--reset-unseen-tokens reads the pretraining text from run.json (`yuyan pretrain` writes a list, older runs a
     path); a model without that record is an error that says why."""
