@@ -218,9 +218,10 @@ def stack_of(model: Path) -> str:
 
 
 def pretraining_files(model: Path) -> list[str]:
-    """The text files `model` was pretrained on, as its run.json (yuyan pretrain) records them."""
+    """The text files `model` was pretrained on, as its run.json (yuyan pretrain) records them: the `--data` list
+    of its training settings (`data.train` only describes it, several files joined by commas)."""
     run = json.loads((model / "run.json").read_text()) if (model / "run.json").is_file() else {}
-    files = (run.get("data") or {}).get("train")
+    files = (run.get("training") or {}).get("data")
     if not files:
         raise ValueError(f"{model}/run.json does not name the pretraining text files: --reset-unseen-tokens needs "
                          "a model pretrained from text files by yuyan pretrain")

@@ -159,13 +159,13 @@ def test_unpaired_tatoeba_text_keeps_every_sentence_and_no_pair_together():
 
 
 def test_pretraining_files_come_from_the_models_run_record(tmp_path):
-    """--reset-unseen-tokens reads the pretraining text from run.json (`yuyan pretrain` writes a list, older runs a
-    path); a model without that record is an error that says why."""
-    (tmp_path / "run.json").write_text(json.dumps({"data": {"train": ["/d/a.txt", "/d/b.txt"]}}))
+    """--reset-unseen-tokens reads the pretraining text from run.json: the `--data` files of the training settings
+    (not `data.train`, a description); a model without them is an error that says why."""
+    (tmp_path / "run.json").write_text(json.dumps({"data": {"train": "/d/a.txt, /d/b.txt"},
+                                                   "training": {"data": ["/d/a.txt", "/d/b.txt"]}}))
     assert report.pretraining_files(tmp_path) == ["/d/a.txt", "/d/b.txt"]
-    (tmp_path / "run.json").write_text(json.dumps({"data": {"train": "/d/a.txt"}}))
-    assert report.pretraining_files(tmp_path) == ["/d/a.txt"]
-    (tmp_path / "run.json").write_text(json.dumps({"data": {"dataset": "wikitext"}}))
+    (tmp_path / "run.json").write_text(json.dumps({"data": {"train": "wikitext"},
+                                                   "training": {"data": None, "dataset": "wikitext"}}))
     with pytest.raises(ValueError, match="does not name the pretraining text"):
         report.pretraining_files(tmp_path)
     with pytest.raises(ValueError, match="does not name the pretraining text"):
