@@ -23,7 +23,10 @@ the scratch row for pretraining to have paid.
 - Tatoeba has no official split: every 10th pair (lines 10, 20, ...) is held out, the rest trains. A tokenizer
   trained on English only spells Chinese in UTF-8 bytes (about 3 tokens a character, shown in results.json):
   give `--tatoeba-model` a model pretrained with a tokenizer that has also seen the Tatoeba training split
-  (OUTPUT/data/tatoeba-train.txt, written by `--prepare-only`); see README, "Fine-tuning report".
+  (OUTPUT/data/tatoeba-train.txt, written by `--prepare-only`); see README, "Fine-tuning report". Pretrained on
+  English alone, such a model has never read its Chinese tokens: `--reset-unseen-tokens` redraws their embeddings
+  first, and OUTPUT/data/tatoeba-unpaired.txt (the training sentences with no pair side by side) is text to
+  pretrain on beside WikiText-2 (`bench/pretrain_budget.py --extra-train-text`).
 - SciTLDR: the prompt is the abstract (its sentences joined), the completion the first TLDR; the score takes the
   best of each abstract's several TLDRs. `dev.jsonl` chose the decoding (greedy with no repeated 3-gram beat plain
   greedy for both inits there: README, "SciTLDR from the same 15-minute model"); `test.jsonl` is scored once.
