@@ -25,6 +25,10 @@ def test_token_counts_count_every_line_of_every_file(tmp_path):
             expected[index] += 1
     assert torch.equal(counts, expected)
     assert counts[tokenizer(" ocean", add_special_tokens=False)["input_ids"]].sum() == 0
+    # Read as `yuyan pretrain --data` reads: a .jsonl file's text column (not its JSON), a glob.
+    (tmp_path / "c.jsonl").write_text('{"text": "apple banana\\n"}\n{"text": "apple\\n"}\n', encoding="utf-8")
+    assert torch.equal(token_counts(tokenizer, [tmp_path / "c.jsonl", second], len(tokenizer)), expected)
+    assert torch.equal(token_counts(tokenizer, [tmp_path / "*.txt"], len(tokenizer)), expected)
     with pytest.raises(ValueError, match="not a file"):
         token_counts(tokenizer, [tmp_path / "missing.txt"], len(tokenizer))
 

@@ -122,9 +122,9 @@ class FinetuneArguments:
     )
     reset_unseen_tokens: list[str] | None = field(
         default=None,
-        metadata={"help": "the text files the model was pretrained on: tokens that never occur in them get fresh "
-                  "embeddings drawn like the pretrained ones (for a tokenizer that knows more than pretraining read, "
-                  "e.g. a second language)"},
+        metadata={"help": "the files the model was pretrained on (its --data): tokens that never occur in them get "
+                  "fresh embeddings drawn like the pretrained ones (for a tokenizer that knows more than pretraining "
+                  "read, e.g. a second language)"},
     )
 
 

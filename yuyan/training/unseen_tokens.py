@@ -14,28 +14,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
+
+from yuyan.tokenization.data import iter_texts
 
 LINES_PER_BATCH = 1000
 
 
-def token_counts(tokenizer, files: Iterable[str | os.PathLike], vocab_size: int) -> torch.Tensor:
-    """How often each token id occurs in the text files (tokenized line by line, as pretraining reads them)."""
+def token_counts(tokenizer, files: Iterable[str | os.PathLike], vocab_size: int,
+                 text_column: str = "text") -> torch.Tensor:
+    """How often each token id occurs in the files, read as `yuyan pretrain --data` reads them (files, globs or
+    folders; .txt line by line with its line ending, the `text_column` of .jsonl / .csv / .parquet)."""
+    try:
+        texts = iter_texts(list(files), text_column=text_column, txt_split="line")
+    except FileNotFoundError as error:
+        raise ValueError(f"{error}: not a file; give the text files the model was pretrained on") from None
     counts = torch.zeros(vocab_size, dtype=torch.long)
-    for file in files:
-        path = Path(file)
-        if not path.is_file():
-            raise ValueError(f"{path}: not a file; give the text files the model was pretrained on")
-        with path.open(encoding="utf-8") as handle:
-            batch: list[str] = []
-            for line in handle:
-                batch.append(line)
-                if len(batch) == LINES_PER_BATCH:
-                    _count(tokenizer, batch, counts)
-                    batch = []
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == LINES_PER_BATCH:
             _count(tokenizer, batch, counts)
+            batch = []
+    _count(tokenizer, batch, counts)
     return counts
 
 
@@ -55,7 +57,7 @@ def reset_unseen_token_embeddings(model, seen: torch.Tensor, keep: Iterable[int]
     embeddings = model.get_input_embeddings().weight
     if seen.shape != (embeddings.shape[0],):
         raise ValueError(f"seen has shape {tuple(seen.shape)}, expected ({embeddings.shape[0]},): one flag a token")
-    unseen = ~seen.clone()
+    unseen = ~seen
     unseen[[index for index in keep if 0 <= index < unseen.numel()]] = False
     ids = unseen.nonzero().flatten().tolist()
     if not ids:
