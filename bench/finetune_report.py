@@ -42,6 +42,7 @@ first N examples of each (shuffled, for SST-2) training / evaluation set, for a 
     python bench/finetune_report.py runs/small-attention runs/small-lstm runs/small-hybrid \\
         --tatoeba-model runs/small-lstm-enzh --threads 1
     python bench/finetune_report.py runs/tiny-hybrid --tasks sst2 --max-steps 600 --threads 1     # minutes
+    python bench/finetune_report.py runs/tiny-hybrid --tasks sst2 --task-text-steps 400 --threads 1   # LM stage first
     python bench/finetune_report.py --prepare-only      # data files only (the tokenizer's Tatoeba text)
     python bench/finetune_report.py --write-bilingual-tokenizer runs/tokenizer-en-zh   # WikiText-2 + Tatoeba BPE
     python bench/finetune_report.py runs/small-* --estimate-only     # the expected time of a full report
@@ -253,6 +254,52 @@ def make_scratch_model(model: Path, output: Path, seed: int) -> Path:
     return output
 
 
+def adapt_to_task_text(source: Path, texts: list[str], output: Path, steps: int, learning_rate: float, seed: int,
+                       block_size: int = 128, batch_size: int = 16) -> Path:
+    """`source` trained further as a language model on a task's own training inputs (no labels), saved to `output`:
+    ULMFiT's middle stage, between general pretraining and the task head. The distinct texts, shuffled, each closed
+    by the end-of-text token, are packed into blocks of `block_size`; `steps` AdamW steps of `batch_size` blocks
+    (warm-up over 6% of them, then linear decay). Both rows of a task get the same stage, so it is part of the
+    fine-tuning budget, not of pretraining."""
+    import torch
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from yuyan.modeling import YuyanForCausalLM
+    from yuyan.training.finetune import load_tokenizer
+
+    tokenizer = load_tokenizer(str(source))
+    distinct = sorted(set(texts))
+    random.Random(seed).shuffle(distinct)
+    ids: list[int] = []
+    for text in distinct:
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    blocks = [ids[start:start + block_size] for start in range(0, len(ids) - block_size + 1, block_size)]
+    if not blocks:
+        raise ValueError(f"the task text holds {len(ids)} tokens: not one block of {block_size}")
+    dataset = [{"input_ids": torch.tensor(block), "labels": torch.tensor(block)} for block in blocks]
+    staging = output.with_name(f".{output.name}.tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    arguments = TrainingArguments(
+        output_dir=str(staging), max_steps=steps, per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate, warmup_steps=int(WARMUP_SHARE * steps), weight_decay=WEIGHT_DECAY, seed=seed,
+        save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=max(1, steps // 5),
+        use_cpu=not torch.cuda.is_available())
+    model = YuyanForCausalLM.from_pretrained(source)
+    use_cache = model.config.use_cache
+    trainer = Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=default_data_collator)
+    trainer.train()
+    model.config.use_cache = use_cache  # the Trainer sets it to TrainingArguments.use_cache (False) for training
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(staging, output)
+    print(f"task text: {len(distinct):,} texts, {len(ids):,} tokens, {len(blocks):,} blocks of {block_size}; "
+          f"{steps} steps ({steps * batch_size / len(blocks):.2f} passes) -> {output}", flush=True)
+    return output
+
+
 def zh_tokens_per_character(model: Path, texts: list[str]) -> float:
     """Tokens per Chinese character: about 1 or less for a tokenizer that has seen Chinese, about 3 (UTF-8
     bytes) for one that has not."""
@@ -393,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reset-unseen-tokens", action="store_true",
                         help="pretrained rows: tokens that never occur in the model's pretraining text (its run.json) "
                         "get fresh embeddings first (yuyan finetune --reset-unseen-tokens)")
+    parser.add_argument("--task-text-steps", type=int, default=0, metavar="N",
+                        help="SST-2: first train each row's model N steps as a language model on the training "
+                        "sentences, labels unused (ULMFiT's middle stage; both rows alike; default 0: off)")
+    parser.add_argument("--task-text-learning-rate", type=float, default=1e-3, metavar="LR")
     parser.add_argument("--xquad-eval-articles", type=int, default=10)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=None,
@@ -408,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give at least one model folder (or --prepare-only)")
     if args.no_scratch and args.scratch_only:
         parser.error("--no-scratch and --scratch-only exclude each other")
+    if args.task_text_steps < 0:
+        parser.error(f"--task-text-steps must be 0 (off) or more, not {args.task_text_steps}")
+    if args.task_text_steps and (args.tasks != ["sst2"] or args.reset_unseen_tokens):
+        parser.error("--task-text-steps is for --tasks sst2 alone, without --reset-unseen-tokens (the task text "
+                     "would make those tokens seen)")
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -452,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
             expected = float("nan")
             break
         row = step * steps * 1.25  # + ~25% for evaluation, checkpoints and data preparation
+        if args.task_text_steps:  # the language-model stage: blocks of 128, batches of 16 (adapt_to_task_text)
+            row += seconds_per_step(model, 16, 128, True) * args.task_text_steps
         expected += len(inits) * row
         print(f"  {model.name} / {name}: {steps} steps of {budget['batch_size']} at {step:.2f} s, about "
               f"{row / 60:.1f} min a row", flush=True)
@@ -475,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = output / model.name / init / name
             print(f"== {model} ({init}) / {name} ({spec['task']}) -> {run_dir}", flush=True)
             start = time.perf_counter()
+            if args.task_text_steps:
+                source = adapt_to_task_text(
+                    source, [sentence for sentence, _ in _tsv_rows(spec["train"])[:args.max_train]],
+                    output / "task-text" / model.name / init, args.task_text_steps, args.task_text_learning_rate,
+                    args.seed)
             metrics = finetune(
                 spec["task"], str(source), str(spec["train"]), str(spec["validation"]), run_dir,
                 training_args=training_arguments(name, budget, args),
@@ -494,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
                    "train_examples": run.data["train_examples"], "steps": run.training["steps"],
                    "metrics": metrics["metrics"], "test_metrics": metrics.get("test_metrics"),
                    "training": run.training}
+            if args.task_text_steps:
+                row["task_text"] = {"steps": args.task_text_steps, "learning_rate": args.task_text_learning_rate}
             if name == "tatoeba":
                 row["zh_tokens_per_character"] = zh_tokens_per_character(
                     model, [example["completion"] for example in split_tatoeba(

@@ -18,6 +18,7 @@ import torch
 
 from yuyan import YuyanConfig, YuyanForCausalLM
 from yuyan.tokenization import train_tokenizer
+from yuyan.training.finetune import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -113,19 +114,27 @@ def test_each_generation_task_keeps_its_decoding_unless_the_command_line_sets_on
     assert tasks["summary"]["data_args"] == {"no_repeat_ngram_size": 3}  # the task's own options are not changed
 
 
-def test_scratch_twin_has_the_config_and_tokenizer_but_not_the_weights(tmp_path):
-    texts = [f"the {word} is here." for word in "cat dog bird fish tree house river".split()] * 20
-    tokenizer = train_tokenizer(texts=texts, vocab_size=280)
+TEXTS = [f"the {word} is here." for word in "cat dog bird fish tree house river".split()] * 20
+
+
+def _tiny_model(folder: Path):
+    """A tiny hybrid and its tokenizer saved to `folder`; its weights shifted from any fresh initialisation."""
+    tokenizer = train_tokenizer(texts=TEXTS, vocab_size=280)
     config = YuyanConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
                          layer_types=["lstm", "full_attention"], num_attention_heads=4, num_key_value_heads=2,
                          intermediate_size=48, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
-    pretrained = YuyanForCausalLM(config)
+    model = YuyanForCausalLM(config)
     with torch.no_grad():  # stands in for pretraining: weights no fresh initialisation gives
-        for parameter in pretrained.parameters():
+        for parameter in model.parameters():
             parameter.add_(0.5)
-    pretrained.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model, tokenizer
+
+
+def test_scratch_twin_has_the_config_and_tokenizer_but_not_the_weights(tmp_path):
+    pretrained, tokenizer = _tiny_model(tmp_path / "model")
 
     twin = report.make_scratch_model(tmp_path / "model", tmp_path / "scratch" / "model", seed=42)
     assert YuyanConfig.from_pretrained(twin).to_dict() == YuyanConfig.from_pretrained(tmp_path / "model").to_dict()
@@ -143,6 +152,41 @@ def test_scratch_twin_has_the_config_and_tokenizer_but_not_the_weights(tmp_path)
     for name, tensor in YuyanForCausalLM.from_pretrained(again).state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
     assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == ["model"]
+
+
+def test_task_text_stage_trains_the_language_model_on_the_task_sentences(tmp_path):
+    """--task-text-steps: the model comes back a better language model of the task's sentences, with its config and
+    tokenizer, written whole; seeded."""
+    _tiny_model(tmp_path / "model")
+    sentences = [f"a {word} film , {mood} ." for word in "long short odd".split() for mood in "sad fun".split()] * 4
+
+    def loss(folder):
+        model = YuyanForCausalLM.from_pretrained(folder).eval()
+        ids = load_tokenizer(str(folder))(sentences[:6], add_special_tokens=False, padding=True, return_tensors="pt")
+        labels = ids["input_ids"].masked_fill(ids["attention_mask"] == 0, -100)
+        with torch.no_grad():
+            return model(**ids, labels=labels).loss.item()
+
+    adapted = report.adapt_to_task_text(tmp_path / "model", sentences, tmp_path / "task-text" / "model", steps=30,
+                                        learning_rate=1e-2, seed=0, block_size=16, batch_size=4)
+    assert loss(adapted) < 0.7 * loss(tmp_path / "model")
+    assert YuyanConfig.from_pretrained(adapted).to_dict() == YuyanConfig.from_pretrained(tmp_path / "model").to_dict()
+    assert sorted(p.name for p in (tmp_path / "task-text").iterdir()) == ["model"]
+    again = report.adapt_to_task_text(tmp_path / "model", sentences, tmp_path / "again", steps=30,
+                                      learning_rate=1e-2, seed=0, block_size=16, batch_size=4)
+    first = YuyanForCausalLM.from_pretrained(adapted).state_dict()
+    for name, tensor in YuyanForCausalLM.from_pretrained(again).state_dict().items():
+        assert torch.allclose(tensor, first[name]), name
+    with pytest.raises(ValueError, match="not one block"):
+        report.adapt_to_task_text(tmp_path / "model", ["a"], tmp_path / "short", steps=1, learning_rate=1e-3, seed=0)
+
+
+@pytest.mark.parametrize("flags", [["--task-text-steps", "-1"], ["--task-text-steps", "5", "--tasks", "xquad"],
+                                   ["--task-text-steps", "5", "--tasks", "sst2", "--reset-unseen-tokens"]])
+def test_task_text_flags_that_make_no_sense_stop_the_report(flags, capsys):
+    with pytest.raises(SystemExit):
+        report.main(["model", *flags])
+    assert "--task-text-steps" in capsys.readouterr().err
 
 
 def test_unpaired_tatoeba_text_keeps_every_sentence_and_no_pair_together():

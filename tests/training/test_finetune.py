@@ -489,7 +489,8 @@ def test_every_training_argument_is_a_flag():
                               "no", "--save-strategy", "steps", "--save_steps", "5"])
     _, _, lora_args, training_args = split_namespace(args)
     assert str(training_args.eval_strategy.value) == "no" and training_args.save_steps == 5 and not lora_args.lora
-    assert "--learning-rate" in parser._subparsers._group_actions[0].choices["finetune"].format_help()
+    finetune_help = parser._subparsers._group_actions[0].choices["finetune"].format_help()
+    assert "--learning-rate" in finetune_help and "--reset-unseen-tokens FILE [FILE ...]" in finetune_help
     with pytest.raises(SystemExit):
         parser.parse_args(["finetune", "--task", "classification", "--model", "m", "--train", "t",
                            "--validation", "v", "--learn", "1"])  # no abbreviations
