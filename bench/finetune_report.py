@@ -443,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task-text-steps", type=int, default=0, metavar="N",
                         help="SST-2: first train each row's model N steps as a language model on the training "
                         "sentences, labels unused (ULMFiT's middle stage; both rows alike; default 0: off)")
-    parser.add_argument("--task-text-learning-rate", type=float, default=1e-3, metavar="LR")
+    parser.add_argument("--task-text-learning-rate", type=float, default=1e-3, metavar="LR",
+                        help="peak AdamW rate of that stage (default 1e-3)")
     parser.add_argument("--xquad-eval-articles", type=int, default=10)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=None,
