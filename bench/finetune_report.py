@@ -61,12 +61,11 @@ import json
 import os
 import platform
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from yuyan.files import write_text_atomic
+from yuyan.files import publish_folder, staging_dir, write_text_atomic
 from yuyan.tokenization.bpe import DEFAULT_VOCAB_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,14 +242,10 @@ def make_scratch_model(model: Path, output: Path, seed: int) -> Path:
     config = YuyanConfig.from_pretrained(model)
     torch.manual_seed(seed)
     scratch = YuyanForCausalLM(config)
-    staging = output.with_name(f".{output.name}.tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
-    scratch.save_pretrained(staging)
-    load_tokenizer(str(model)).save_pretrained(staging)
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(staging, output)
+    with staging_dir(output.parent, prefix=f".{output.name}.tmp-") as staging:
+        scratch.save_pretrained(staging)
+        load_tokenizer(str(model)).save_pretrained(staging)
+        publish_folder(staging, output)
     return output
 
 
@@ -271,30 +266,26 @@ def adapt_to_task_text(source: Path, texts: list[str], output: Path, steps: int,
     distinct = sorted(set(texts))
     random.Random(seed).shuffle(distinct)
     ids: list[int] = []
-    for text in distinct:
-        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    for encoded in tokenizer(distinct, add_special_tokens=False)["input_ids"] if distinct else []:
+        ids += encoded + [tokenizer.eos_token_id]
     blocks = [ids[start:start + block_size] for start in range(0, len(ids) - block_size + 1, block_size)]
     if not blocks:
         raise ValueError(f"the task text holds {len(ids)} tokens: not one block of {block_size}")
     dataset = [{"input_ids": torch.tensor(block), "labels": torch.tensor(block)} for block in blocks]
-    staging = output.with_name(f".{output.name}.tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
-    arguments = TrainingArguments(
-        output_dir=str(staging), max_steps=steps, per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate, warmup_steps=int(WARMUP_SHARE * steps), weight_decay=WEIGHT_DECAY, seed=seed,
-        save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=max(1, steps // 5),
-        use_cpu=not torch.cuda.is_available())
-    model = YuyanForCausalLM.from_pretrained(source)
-    use_cache = model.config.use_cache
-    trainer = Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=default_data_collator)
-    trainer.train()
-    model.config.use_cache = use_cache  # the Trainer sets it to TrainingArguments.use_cache (False) for training
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(staging, output)
+    with staging_dir(output.parent, prefix=f".{output.name}.tmp-") as staging:
+        arguments = TrainingArguments(
+            output_dir=str(staging), max_steps=steps, per_device_train_batch_size=batch_size,
+            learning_rate=learning_rate, warmup_steps=int(WARMUP_SHARE * steps), weight_decay=WEIGHT_DECAY,
+            seed=seed, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=max(1, steps // 5),
+            use_cpu=not torch.cuda.is_available())
+        model = YuyanForCausalLM.from_pretrained(source)
+        use_cache = model.config.use_cache
+        trainer = Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=default_data_collator)
+        trainer.train()
+        model.config.use_cache = use_cache  # the Trainer sets it to TrainingArguments.use_cache (False) for training
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        publish_folder(staging, output)
     print(f"task text: {len(distinct):,} texts, {len(ids):,} tokens, {len(blocks):,} blocks of {block_size}; "
           f"{steps} steps ({steps * batch_size / len(blocks):.2f} passes) -> {output}", flush=True)
     return output
@@ -526,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         budget = budget_of(name, args)
         data_args = task_data_args(spec, args)
         callbacks = None
+        # The language-model stage reads the task's training sentences (the classifier's inputs, labels unused).
+        task_texts = [sentence for sentence, _ in _tsv_rows(spec["train"])[:args.max_train]] \
+            if args.task_text_steps else None
         if name == "sst2" and args.patience:
             callbacks = [transformers.EarlyStoppingCallback(early_stopping_patience=args.patience)]
         for init in inits:
@@ -535,10 +529,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {model} ({init}) / {name} ({spec['task']}) -> {run_dir}", flush=True)
             start = time.perf_counter()
             if args.task_text_steps:
-                source = adapt_to_task_text(
-                    source, [sentence for sentence, _ in _tsv_rows(spec["train"])[:args.max_train]],
-                    output / "task-text" / model.name / init, args.task_text_steps, args.task_text_learning_rate,
-                    args.seed)
+                source = adapt_to_task_text(source, task_texts, output / "task-text" / model.name / init,
+                                            args.task_text_steps, args.task_text_learning_rate, args.seed)
             metrics = finetune(
                 spec["task"], str(source), str(spec["train"]), str(spec["validation"]), run_dir,
                 training_args=training_arguments(name, budget, args),

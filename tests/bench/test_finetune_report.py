@@ -177,8 +177,11 @@ def test_task_text_stage_trains_the_language_model_on_the_task_sentences(tmp_pat
     first = YuyanForCausalLM.from_pretrained(adapted).state_dict()
     for name, tensor in YuyanForCausalLM.from_pretrained(again).state_dict().items():
         assert torch.allclose(tensor, first[name]), name
-    with pytest.raises(ValueError, match="not one block"):
-        report.adapt_to_task_text(tmp_path / "model", ["a"], tmp_path / "short", steps=1, learning_rate=1e-3, seed=0)
+    for texts in (["a"], []):
+        with pytest.raises(ValueError, match="not one block"):
+            report.adapt_to_task_text(tmp_path / "model", texts, tmp_path / "short", steps=1, learning_rate=1e-3,
+                                      seed=0)
+    assert not (tmp_path / "short").exists()
 
 
 @pytest.mark.parametrize("flags", [["--task-text-steps", "-1"], ["--task-text-steps", "5", "--tasks", "xquad"],

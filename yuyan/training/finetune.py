@@ -122,7 +122,8 @@ class FinetuneArguments:
     )
     reset_unseen_tokens: list[str] | None = field(
         default=None,
-        metadata={"metavar": "FILE", "help": "the files the model was pretrained on (its --data): tokens that never occur in them get "
+        metadata={"metavar": "FILE",
+                  "help": "the files the model was pretrained on (its --data): tokens that never occur in them get "
                   "fresh embeddings drawn like the pretrained ones (for a tokenizer that knows more than pretraining "
                   "read, e.g. a second language)"},
     )
