@@ -66,6 +66,7 @@ import time
 from pathlib import Path
 
 from yuyan.files import publish_folder, staging_dir, write_text_atomic
+from yuyan.modeling.configuration_yuyan import CLASSIFIER_POOLINGS
 from yuyan.tokenization.bpe import DEFAULT_VOCAB_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -362,6 +363,16 @@ def training_arguments(name: str, budget: dict, args) -> dict:
     return values
 
 
+def config_overrides(name: str, args) -> dict:
+    """The model config fields a task's rows change (`yuyan finetune --config_overrides`)."""
+    overrides = {}
+    if args.dropout is not None:
+        overrides["hidden_dropout"] = args.dropout
+    if args.classifier_pooling is not None and name == "sst2":  # the one task with a classification head
+        overrides["classifier_pooling"] = args.classifier_pooling
+    return overrides
+
+
 def task_data_args(spec: dict, args) -> dict:
     """finetune()'s data options for one task: the task's own (prepare_data), then what the command line sets."""
     data_args = {**spec["data_args"], "max_train_samples": args.max_train, "max_eval_samples": args.max_eval}
@@ -428,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora", action="store_true", help="LoRA adapters instead of full fine-tuning (merged)")
     parser.add_argument("--dropout", type=float, default=None,
                         help="hidden_dropout while fine-tuning (layers and head; default: the model's own, 0)")
+    parser.add_argument("--classifier-pooling", choices=CLASSIFIER_POOLINGS, default=None,
+                        help="SST-2: how the classifier reads a sentence, from its last token's state or the mean "
+                        "of all its tokens' (default: the model's own, last)")
     parser.add_argument("--reset-unseen-tokens", action="store_true",
                         help="pretrained rows: tokens that never occur in the model's pretraining text (its run.json) "
                         "get fresh embeddings first (yuyan finetune --reset-unseen-tokens)")
@@ -539,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                 overwrite=True,
                 test_file=str(spec["test"]) if "test" in spec else None,
                 callbacks=callbacks,
-                config_overrides=None if args.dropout is None else {"hidden_dropout": args.dropout},
+                config_overrides=config_overrides(name, args) or None,
                 reset_unseen_tokens=pretraining_files(model) if args.reset_unseen_tokens and init == "pretrained"
                 else None,
             )
@@ -550,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                    "train_examples": run.data["train_examples"], "steps": run.training["steps"],
                    "metrics": metrics["metrics"], "test_metrics": metrics.get("test_metrics"),
                    "training": run.training}
+            if args.classifier_pooling is not None and name == "sst2":
+                row["classifier_pooling"] = args.classifier_pooling
             if args.task_text_steps:
                 row["task_text"] = {"steps": args.task_text_steps, "learning_rate": args.task_text_learning_rate}
             if name == "tatoeba":
@@ -565,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
           f"max train {args.max_train or 'all'}, max eval {args.max_eval or 'all'}"
           f"{', LoRA' if args.lora else ''}{', batches grouped by length' if args.group_by_length else ''}"
-          f"{f', dropout {args.dropout:g}' if args.dropout is not None else ''}; "
+          f"{f', dropout {args.dropout:g}' if args.dropout is not None else ''}"
+          f"{f', SST-2 pooling {args.classifier_pooling}' if args.classifier_pooling else ''}; "
           f"SST-2 scored on sst2/test.tsv (GLUE dev), the model chosen on {args.sst2_selection:,} held-out training "
           "sentences")
     print()

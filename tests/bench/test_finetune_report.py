@@ -233,6 +233,19 @@ def test_group_by_length_reaches_the_trainer(tmp_path):
         assert report.budget_of("sst2", args)["length"] == budget["grouped_length" if flag else "length"]
 
 
+def test_pooling_and_dropout_flags_become_config_overrides_that_finetune_accepts():
+    """`--classifier-pooling` reaches SST-2's classification head only; `--dropout` every task; both pass
+    `yuyan finetune`'s own check of config_overrides."""
+    from yuyan.training.finetune import parse_config_overrides
+
+    args = report.build_parser().parse_args(["model", "--classifier-pooling", "mean", "--dropout", "0.1"])
+    assert report.config_overrides("sst2", args) == {"hidden_dropout": 0.1, "classifier_pooling": "mean"}
+    assert report.config_overrides("xquad", args) == {"hidden_dropout": 0.1}
+    assert parse_config_overrides(report.config_overrides("sst2", args)) == {"hidden_dropout": 0.1,
+                                                                             "classifier_pooling": "mean"}
+    assert report.config_overrides("sst2", report.build_parser().parse_args(["model"])) == {}
+
+
 def test_rescoring_a_generation_run_reproduces_its_score(tmp_path):
     """bench/rescore_generation.py decodes the prompts the run scored: with the run's own settings, its score."""
     import random

@@ -202,6 +202,32 @@ def test_sequence_classification_head(stack):
 
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
+def test_sequence_classification_mean_pooling_reads_every_real_token_and_no_padding(stack):
+    model = build(stack, YuyanForSequenceClassification, num_labels=3, classifier_pooling="mean")
+    rows = [random_ids(1, 6, seed=1)[0], random_ids(1, 4, seed=2)[0]]
+    states = [model.model(row[None]).last_hidden_state[0] for row in rows]
+    expected = torch.stack([model.score(state.mean(0)) for state in states])
+    labels = torch.tensor([2, 0])
+    for side in ("left", "right"):
+        ids = torch.full((2, 6), PAD)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            span = slice(6 - len(row), 6) if side == "left" else slice(0, len(row))
+            ids[i, span], mask[i, span] = row, 1
+        out = model(ids, attention_mask=mask, labels=labels)
+        torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5, msg=f"{side} padding")
+        torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
+    # Without a mask the padding is found from pad_token_id, as the last-token head finds it (right padding: a
+    # causal model never reads what comes after a row's tokens).
+    torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=1e-5)
+    last = build(stack, YuyanForSequenceClassification, num_labels=3)  # the same weights, the default pooling
+    assert last.config.classifier_pooling == "last"
+    torch.testing.assert_close(last(rows[0][None]).logits[0], model.score(states[0][-1]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"classifier_pooling='max' is unknown; allowed: \['last', 'mean'\]"):
+        tiny_config(stack, classifier_pooling="max")
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
 def test_token_classification_head(stack):
     model = build(stack, YuyanForTokenClassification, num_labels=5)
     ids = random_ids(2, 6)

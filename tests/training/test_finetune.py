@@ -398,14 +398,17 @@ def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path,
 
     out = tmp_path / "out"
     ft.finetune("classification", base_model, train, validation, str(out), training_args={**QUICK, "max_steps": 2},
-                config_overrides="hidden_dropout=0.2, attention_dropout=0.3", callbacks=[Spy()])
+                config_overrides="hidden_dropout=0.2, attention_dropout=0.3, classifier_pooling=mean",
+                callbacks=[Spy()])
     assert seen["dropouts"] == [0.2]  # every layer's and the head's (attention's is a functional dropout)
     assert seen["attention_dropout"] == {0.3}
     assert YuyanConfig.from_pretrained(base_model).hidden_dropout == 0.0
     saved = YuyanConfig.from_pretrained(out)
-    assert saved.hidden_dropout == 0.2 and saved.attention_dropout == 0.3
+    assert saved.hidden_dropout == 0.2 and saved.attention_dropout == 0.3 and saved.classifier_pooling == "mean"
+    assert YuyanConfig.from_pretrained(base_model).classifier_pooling == "last"
     run = json.loads((out / "run.json").read_text())
-    assert run["training"]["config_overrides"] == {"hidden_dropout": 0.2, "attention_dropout": 0.3}
+    assert run["training"]["config_overrides"] == {"hidden_dropout": 0.2, "attention_dropout": 0.3,
+                                                   "classifier_pooling": "mean"}
 
     bad = str(tmp_path / "bad")
     with pytest.raises(ValueError, match=r"cannot set \['hidden_size'\].*allowed"):
@@ -414,6 +417,8 @@ def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path,
         ft.finetune("classification", base_model, train, validation, bad, config_overrides="hidden_dropout=1.5")
     with pytest.raises(ValueError, match="expected key=value"):
         ft.finetune("classification", base_model, train, validation, bad, config_overrides="hidden_dropout")
+    with pytest.raises(ValueError, match=r"classifier_pooling='max' is not allowed; allowed: \['last', 'mean'\]"):
+        ft.finetune("classification", base_model, train, validation, bad, config_overrides="classifier_pooling=max")
     assert not Path(bad).exists()
 
 

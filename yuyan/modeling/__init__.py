@@ -1,6 +1,6 @@
 """The Yuyan model: configuration and the single modeling file."""
 
-from .configuration_yuyan import LAYER_TYPES, PRESETS, YuyanConfig
+from .configuration_yuyan import CLASSIFIER_POOLINGS, LAYER_TYPES, PRESETS, YuyanConfig
 from .modeling_yuyan import (
     YuyanForCausalLM,
     YuyanForQuestionAnswering,
@@ -16,6 +16,7 @@ from .modeling_yuyan import (
 LORA_TARGET_MODULES = ("qkv_proj", "o_proj", "out_proj", "gate_up_proj", "down_proj")
 
 __all__ = [
+    "CLASSIFIER_POOLINGS",
     "LAYER_TYPES",
     "LORA_TARGET_MODULES",
     "PRESETS",

@@ -14,6 +14,7 @@ from transformers.modeling_rope_utils import RopeParameters
 
 
 LAYER_TYPES = ("full_attention", "lstm")
+CLASSIFIER_POOLINGS = ("last", "mean")
 
 # Named architectures. Sizes count tied embeddings once; `yuyan info` prints the exact figures.
 _ALTERNATING = "alternating"  # hybrid stacks: lstm, attention, lstm, attention, ...
@@ -87,6 +88,8 @@ class YuyanConfig(PreTrainedConfig):
         hidden_dropout: dropout on each mixer's and MLP's output before the residual add (training only).
         initializer_range: standard deviation of the normal initialisation of linear and embedding weights.
         tie_word_embeddings: share the input embedding with the output projection.
+        classifier_pooling: how `YuyanForSequenceClassification` reads a sequence: `"last"`, the hidden state of
+            its last real token (transformers' decoder heads), or `"mean"`, the average over its real tokens.
 
     Example:
 
@@ -127,6 +130,7 @@ class YuyanConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     # The 5.x base config no longer declares these; an undeclared `tie_word_embeddings` would silently untie.
     tie_word_embeddings: bool = True
+    classifier_pooling: str = "last"
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -191,6 +195,9 @@ class YuyanConfig(PreTrainedConfig):
             raise ValueError(f"rms_norm_eps={self.rms_norm_eps} is not allowed: it must be positive.")
         if not 0.0 <= self.initializer_range <= 1.0:
             raise ValueError(f"initializer_range={self.initializer_range} is not allowed: it must be in [0, 1].")
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"classifier_pooling={self.classifier_pooling!r} is unknown; allowed: "
+                             f"{list(CLASSIFIER_POOLINGS)}.")
         from transformers.activations import ACT2FN
 
         if self.hidden_act not in ACT2FN:

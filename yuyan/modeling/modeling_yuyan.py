@@ -36,7 +36,11 @@ from transformers.modeling_layers import (
     GenericForTokenClassification,
     GradientCheckpointingLayer,
 )
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.utils import can_return_tuple, is_tracing
@@ -812,7 +816,8 @@ def _build_backbone(head: PreTrainedModel, config: YuyanConfig) -> None:
 
 
 class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreTrainedModel):
-    """Classification from the hidden state of each row's last real token."""
+    """Classification from the hidden state of each row's last real token (`config.classifier_pooling="last"`, as
+    transformers' decoder heads read a sequence), or from the average of its real tokens' states (`"mean"`)."""
 
     def __init__(self, config: YuyanConfig):
         _build_backbone(self, config)
@@ -820,7 +825,47 @@ class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreT
         self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
         self.post_init()
 
-    forward = _accept_cache_params(GenericForSequenceClassification.forward)
+    @_accept_cache_params
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        if self.config.classifier_pooling == "last":
+            return GenericForSequenceClassification.forward(
+                self, input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache, **kwargs
+            )
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs
+        )
+        hidden_states = outputs.last_hidden_state
+        # The real tokens: the attention mask's, else the ones that are not padding (as the "last" head finds them).
+        if attention_mask is not None and attention_mask.dim() == 2:
+            real = attention_mask.to(hidden_states.dtype)
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            real = (input_ids != self.config.pad_token_id).to(hidden_states.dtype)
+        else:
+            real = hidden_states.new_ones(hidden_states.shape[:2])
+        real = real[:, -hidden_states.shape[1]:]  # with a cache, the mask also covers the tokens already read
+        pooled = (hidden_states * real.unsqueeze(-1)).sum(1) / real.sum(1, keepdim=True).clamp(min=1.0)
+        pooled_logits = self.score(pooled)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=pooled_logits, labels=labels, pooled_logits=pooled_logits,
+                                      config=self.config)
+        return SequenceClassifierOutputWithPast(
+            loss=loss, logits=pooled_logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
 
 class YuyanForTokenClassification(GenericForTokenClassification, YuyanPreTrainedModel):

@@ -70,7 +70,7 @@ from typing import Any
 import torch
 
 from yuyan.files import check_output_folder, move_into, staging_dir
-from yuyan.modeling import LORA_TARGET_MODULES
+from yuyan.modeling import CLASSIFIER_POOLINGS, LORA_TARGET_MODULES
 from yuyan.training.records import METRICS_FILE, RUN_FILE, FinetuneMetrics, FinetuneRun, read_run
 from yuyan.training.tasks import TASKS, Task, get_task
 
@@ -83,9 +83,10 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 1,
 }
 ADAPTER_DIR = "adapter"
-# The config fields a fine-tuning run may change: they regularise training and leave every weight's shape alone
-# (hidden_dropout is also the task heads' dropout).
-FINETUNE_CONFIG_FIELDS = ("hidden_dropout", "attention_dropout")
+# The config fields a fine-tuning run may change: they regularise training or choose how the classification head
+# reads a sequence, and leave every weight's shape alone (hidden_dropout is also the task heads' dropout).
+FINETUNE_CONFIG_FIELDS = ("hidden_dropout", "attention_dropout", "classifier_pooling")
+_TEXT_CONFIG_FIELDS = {"classifier_pooling": CLASSIFIER_POOLINGS}  # the rest are numbers
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ class FinetuneArguments:
     config_overrides: str | None = field(
         default=None,
         metadata={"help": "model config fields for fine-tuning, as transformers' run_clm spells them: "
-                  "hidden_dropout=0.1,attention_dropout=0.1 (allowed: " + ", ".join(FINETUNE_CONFIG_FIELDS) + ")"},
+                  "hidden_dropout=0.1,classifier_pooling=mean (allowed: " + ", ".join(FINETUNE_CONFIG_FIELDS) + ")"},
     )
     reset_unseen_tokens: list[str] | None = field(
         default=None,
@@ -500,7 +501,7 @@ class FinetuneInputs:
     validation_examples: int
     setup: Any
     test_setup: Any = None
-    config_overrides: dict[str, float] = field(default_factory=dict)
+    config_overrides: dict[str, float | str] = field(default_factory=dict)
 
 
 def _training_arguments(training_args: Any, output: Path):
@@ -546,19 +547,23 @@ def prepare_inputs(task: Task, model: str, tokenizer: str | None, data_args: Dat
                           len(train), len(validation), setup, test_setup, dict(config_overrides or {}))
 
 
-def parse_config_overrides(overrides: dict[str, Any] | str | None) -> dict[str, float]:
-    """`{"hidden_dropout": 0.1}` or "hidden_dropout=0.1,attention_dropout=0.1" as a checked dict."""
+def parse_config_overrides(overrides: dict[str, Any] | str | None) -> dict[str, float | str]:
+    """`{"hidden_dropout": 0.1}` or "hidden_dropout=0.1,classifier_pooling=mean" as a checked dict."""
     if overrides is None or overrides == "":
         return {}
     if isinstance(overrides, str):
         pairs = {}
         for pair in overrides.split(","):
             key, sep, raw = pair.partition("=")
-            if not sep or not key.strip():
+            key = key.strip()
+            if not sep or not key:
                 raise ValueError(f"config_overrides {pair!r}: expected key=value pairs separated by commas, "
                                  "e.g. hidden_dropout=0.1,attention_dropout=0.1")
+            if key in _TEXT_CONFIG_FIELDS:
+                pairs[key] = raw.strip()
+                continue
             try:
-                pairs[key.strip()] = float(raw)
+                pairs[key] = float(raw)
             except ValueError:
                 raise ValueError(f"config_overrides {pair!r}: {raw!r} is not a number") from None
         overrides = pairs
@@ -566,10 +571,18 @@ def parse_config_overrides(overrides: dict[str, Any] | str | None) -> dict[str, 
     if unknown:
         raise ValueError(f"config_overrides cannot set {unknown} when fine-tuning; allowed: "
                          f"{list(FINETUNE_CONFIG_FIELDS)} (they leave the weights' shapes as pretrained).")
+    checked = {}
     for key, value in overrides.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if key in _TEXT_CONFIG_FIELDS:
+            if value not in _TEXT_CONFIG_FIELDS[key]:
+                raise ValueError(f"config_overrides {key}={value!r} is not allowed; allowed: "
+                                 f"{list(_TEXT_CONFIG_FIELDS[key])}.")
+            checked[key] = value
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"config_overrides {key}={value!r} is not allowed: a dropout must be a number.")
-    return {key: float(value) for key, value in overrides.items()}
+        else:
+            checked[key] = float(value)
+    return checked
 
 
 def load_task_model(task: Task, inputs: FinetuneInputs, lora_args: LoraArguments, ignore_mismatched_sizes: bool,
