@@ -825,6 +825,7 @@ class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreT
         self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # as the generic head's forward
     @_accept_cache_params
     @can_return_tuple
     def forward(
