@@ -382,7 +382,8 @@ def test_errors_are_found_before_training(tmp_path, base_model):
 
 def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path, base_model):
     """Dropout for fine-tuning (the base model was pretrained without): it reaches the trained modules, run.json
-    and the saved config; a field that would change the weights, or a value out of range, stops the run first."""
+    and the saved config (with use_cache as the base model had it); a field that would change the weights, or a
+    value out of range, stops the run first."""
     train = _write_jsonl(tmp_path / "train.jsonl", _sentiment_rows(32, 0))
     validation = _write_jsonl(tmp_path / "validation.jsonl", _sentiment_rows(8, 1))
     from transformers import TrainerCallback
@@ -392,6 +393,7 @@ def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path,
     class Spy(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             seen["dropouts"] = sorted({m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)})
+            seen["use_cache"] = model.config.use_cache
             seen["attention_dropout"] = {
                 m.attention_dropout for m in model.modules() if hasattr(m, "attention_dropout")
             }
@@ -405,6 +407,8 @@ def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path,
     assert YuyanConfig.from_pretrained(base_model).hidden_dropout == 0.0
     saved = YuyanConfig.from_pretrained(out)
     assert saved.hidden_dropout == 0.2 and saved.attention_dropout == 0.3 and saved.classifier_pooling == "mean"
+    # The Trainer trains without a cache; the saved model keeps the base model's use_cache.
+    assert seen["use_cache"] is False and saved.use_cache is True
     assert YuyanConfig.from_pretrained(base_model).classifier_pooling == "last"
     run = json.loads((out / "run.json").read_text())
     assert run["training"]["config_overrides"] == {"hidden_dropout": 0.2, "attention_dropout": 0.3,

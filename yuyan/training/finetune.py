@@ -614,6 +614,9 @@ def load_task_model(task: Task, inputs: FinetuneInputs, lora_args: LoraArguments
 def fit(task_model, training_args, inputs: FinetuneInputs, callbacks: list | None):
     """Train with the Trainer (resuming from a checkpoint when asked); (trainer, training seconds)."""
     setup = inputs.setup
+    # The Trainer sets config.use_cache to its own argument (False by default) for training; the model it saves
+    # keeps the setting the pretrained model came with.
+    use_cache = task_model.config.use_cache
     trainer = _trainer_class(setup.loss_only_evaluation)(
         model=task_model,
         args=training_args,
@@ -630,6 +633,7 @@ def fit(task_model, training_args, inputs: FinetuneInputs, callbacks: list | Non
         resume = True
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
+    task_model.config.use_cache = use_cache
     return trainer, time.perf_counter() - start
 
 
