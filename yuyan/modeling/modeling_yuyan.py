@@ -856,7 +856,8 @@ class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreT
             real = (input_ids != self.config.pad_token_id).to(hidden_states.dtype)
         else:
             real = hidden_states.new_ones(hidden_states.shape[:2])
-        real = real[:, -hidden_states.shape[1]:]  # with a cache, the mask also covers the tokens already read
+        # With a cache the mask also covers the tokens read by earlier calls; the mean is over this call's tokens.
+        real = real[:, -hidden_states.shape[1]:]
         pooled = (hidden_states * real.unsqueeze(-1)).sum(1) / real.sum(1, keepdim=True).clamp(min=1.0)
         pooled_logits = self.score(pooled)
         loss = None

@@ -26,9 +26,10 @@ Every task also reports the validation `loss`. Data files: CSV, TSV, JSON, JSONL
 (`yuyan.training.tasks.data`); how each task encodes its examples is in its module under `yuyan.training.tasks`.
 
 Yuyan models are causal: each position sees only the text to its left. A classifier reads the last token's state
-(it has seen everything); a tagger labels a word from its left context only; a QA model reads the question first,
-then the context, and picks the answer's start without seeing the text after it. That is the architecture, not a
-bug, and it costs accuracy on tagging and QA against bidirectional encoders.
+(it has seen everything; `config_overrides="classifier_pooling=mean"` averages every token's instead); a tagger
+labels a word from its left context only; a QA model reads the question first, then the context, and picks the
+answer's start without seeing the text after it. That is the architecture, not a bug, and it costs accuracy on
+tagging and QA against bidirectional encoders.
 
 Checked before training, as `ValueError`: the model folder is a Yuyan model (config.json with model_type
 "yuyan"), the data columns exist, validation labels are all among the training labels, QA answers lie in their
