@@ -542,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = output / model.name / init / name
             print(f"== {model} ({init}) / {name} ({spec['task']}) -> {run_dir}", flush=True)
             start = time.perf_counter()
+            overrides = config_overrides(name, args)
             if args.task_text_steps:
                 source = adapt_to_task_text(source, task_texts, output / "task-text" / model.name / init,
                                             args.task_text_steps, args.task_text_learning_rate, args.seed)
@@ -553,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                 overwrite=True,
                 test_file=str(spec["test"]) if "test" in spec else None,
                 callbacks=callbacks,
-                config_overrides=config_overrides(name, args) or None,
+                config_overrides=overrides or None,
                 reset_unseen_tokens=pretraining_files(model) if args.reset_unseen_tokens and init == "pretrained"
                 else None,
             )
@@ -564,8 +565,8 @@ def main(argv: list[str] | None = None) -> int:
                    "train_examples": run.data["train_examples"], "steps": run.training["steps"],
                    "metrics": metrics["metrics"], "test_metrics": metrics.get("test_metrics"),
                    "training": run.training}
-            if args.classifier_pooling is not None and name == "sst2":
-                row["classifier_pooling"] = args.classifier_pooling
+            if "classifier_pooling" in overrides:
+                row["classifier_pooling"] = overrides["classifier_pooling"]
             if args.task_text_steps:
                 row["task_text"] = {"steps": args.task_text_steps, "learning_rate": args.task_text_learning_rate}
             if name == "tatoeba":

@@ -421,7 +421,7 @@ def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path,
         ft.finetune("classification", base_model, train, validation, bad, config_overrides="hidden_dropout=1.5")
     with pytest.raises(ValueError, match="expected key=value"):
         ft.finetune("classification", base_model, train, validation, bad, config_overrides="hidden_dropout")
-    with pytest.raises(ValueError, match=r"classifier_pooling='max' is not allowed; allowed: \['last', 'mean'\]"):
+    with pytest.raises(ValueError, match=r"classifier_pooling='max' is unknown; allowed: \['last', 'mean'\]"):
         ft.finetune("classification", base_model, train, validation, bad, config_overrides="classifier_pooling=max")
     assert not Path(bad).exists()
 
