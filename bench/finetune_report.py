@@ -66,7 +66,7 @@ import time
 from pathlib import Path
 
 from yuyan.files import publish_folder, staging_dir, write_text_atomic
-from yuyan.modeling.configuration_yuyan import CLASSIFIER_POOLINGS
+from yuyan.modeling.configuration_yuyan import CLASSIFIER_POOLINGS, CLASSIFIER_READINGS
 from yuyan.tokenization.bpe import DEFAULT_VOCAB_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -370,6 +370,8 @@ def config_overrides(name: str, args) -> dict:
         overrides["hidden_dropout"] = args.dropout
     if args.classifier_pooling is not None and name == "sst2":  # the one task with a classification head
         overrides["classifier_pooling"] = args.classifier_pooling
+    if args.classifier_reading is not None and name == "sst2":
+        overrides["classifier_reading"] = args.classifier_reading
     return overrides
 
 
@@ -442,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classifier-pooling", choices=CLASSIFIER_POOLINGS, default=None,
                         help="SST-2: how the classifier reads a sentence, from its last token's state or the mean "
                         "of all its tokens' (default: the model's own, last)")
+    parser.add_argument("--classifier-reading", choices=CLASSIFIER_READINGS, default=None,
+                        help="SST-2: read each sentence once, or twice (`sentence <eos> sentence`, the head "
+                        "pooling the second reading, whose states have seen the whole sentence; twice the tokens)")
     parser.add_argument("--reset-unseen-tokens", action="store_true",
                         help="pretrained rows: tokens that never occur in the model's pretraining text (its run.json) "
                         "get fresh embeddings first (yuyan finetune --reset-unseen-tokens)")
@@ -565,8 +570,9 @@ def main(argv: list[str] | None = None) -> int:
                    "train_examples": run.data["train_examples"], "steps": run.training["steps"],
                    "metrics": metrics["metrics"], "test_metrics": metrics.get("test_metrics"),
                    "training": run.training}
-            if "classifier_pooling" in overrides:
-                row["classifier_pooling"] = overrides["classifier_pooling"]
+            for field in ("classifier_pooling", "classifier_reading"):
+                if field in overrides:
+                    row[field] = overrides[field]
             if args.task_text_steps:
                 row["task_text"] = {"steps": args.task_text_steps, "learning_rate": args.task_text_learning_rate}
             if name == "tatoeba":
@@ -583,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
           f"max train {args.max_train or 'all'}, max eval {args.max_eval or 'all'}"
           f"{', LoRA' if args.lora else ''}{', batches grouped by length' if args.group_by_length else ''}"
           f"{f', dropout {args.dropout:g}' if args.dropout is not None else ''}"
-          f"{f', SST-2 pooling {args.classifier_pooling}' if args.classifier_pooling else ''}; "
+          f"{f', SST-2 pooling {args.classifier_pooling}' if args.classifier_pooling else ''}"
+          f"{f', SST-2 read {args.classifier_reading}' if args.classifier_reading else ''}; "
           f"SST-2 scored on sst2/test.tsv (GLUE dev), the model chosen on {args.sst2_selection:,} held-out training "
           "sentences")
     print()

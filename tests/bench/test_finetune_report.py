@@ -234,15 +234,17 @@ def test_group_by_length_reaches_the_trainer(tmp_path):
 
 
 def test_pooling_and_dropout_flags_become_config_overrides_that_finetune_accepts():
-    """`--classifier-pooling` reaches SST-2's classification head only; `--dropout` every task; both pass
+    """`--classifier-pooling` and `--classifier-reading` reach SST-2's classification head only; `--dropout` every
+    task; all pass
     `yuyan finetune`'s own check of config_overrides."""
     from yuyan.training.finetune import parse_config_overrides
 
-    args = report.build_parser().parse_args(["model", "--classifier-pooling", "mean", "--dropout", "0.1"])
-    assert report.config_overrides("sst2", args) == {"hidden_dropout": 0.1, "classifier_pooling": "mean"}
+    args = report.build_parser().parse_args(["model", "--classifier-pooling", "mean", "--dropout", "0.1",
+                                             "--classifier-reading", "twice"])
+    sst2 = {"hidden_dropout": 0.1, "classifier_pooling": "mean", "classifier_reading": "twice"}
+    assert report.config_overrides("sst2", args) == sst2
     assert report.config_overrides("xquad", args) == {"hidden_dropout": 0.1}
-    assert parse_config_overrides(report.config_overrides("sst2", args)) == {"hidden_dropout": 0.1,
-                                                                             "classifier_pooling": "mean"}
+    assert parse_config_overrides(report.config_overrides("sst2", args)) == sst2
     assert report.config_overrides("sst2", report.build_parser().parse_args(["model"])) == {}
 
 

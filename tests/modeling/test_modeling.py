@@ -228,6 +228,40 @@ def test_sequence_classification_mean_pooling_reads_every_real_token_and_no_padd
 
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_sequence_classification_reading_twice_pools_the_second_reading_of_each_row(stack, pooling):
+    model = build(stack, YuyanForSequenceClassification, num_labels=3, classifier_pooling=pooling,
+                  classifier_reading="twice")
+    rows = [random_ids(1, 6, seed=1)[0], random_ids(1, 4, seed=2)[0]]
+    expected = []
+    for row in rows:  # the model run by hand on `row <eos> row`, pooled over the second copy
+        states = model.model(torch.cat([row, torch.tensor([EOS]), row])[None]).last_hidden_state[0]
+        second = states[len(row) + 1:]
+        expected.append(model.score(second[-1] if pooling == "last" else second.mean(0)))
+    expected = torch.stack(expected)
+    labels = torch.tensor([2, 0])
+    for side in ("left", "right"):
+        ids = torch.full((2, 6), PAD)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            span = slice(6 - len(row), 6) if side == "left" else slice(0, len(row))
+            ids[i, span], mask[i, span] = row, 1
+        out = model(ids, attention_mask=mask, labels=labels)
+        torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5, msg=f"{side} padding")
+        torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
+        embeds = model.get_input_embeddings()(ids)
+        torch.testing.assert_close(model(inputs_embeds=embeds, attention_mask=mask).logits, expected,
+                                   atol=1e-5, rtol=1e-5, msg=f"{side} padding, embeddings")
+    torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=1e-5)  # padding found from pad_token_id
+    once = build(stack, YuyanForSequenceClassification, num_labels=3, classifier_pooling=pooling)  # same weights
+    assert not torch.allclose(once(ids, attention_mask=mask).logits, expected, atol=1e-3)
+    with pytest.raises(ValueError, match="without cache or position_ids"):
+        model(ids, position_ids=torch.arange(6)[None].expand(2, -1))
+    with pytest.raises(ValueError, match=r"classifier_reading='thrice' is unknown; allowed: \['once', 'twice'\]"):
+        tiny_config(stack, classifier_reading="thrice")
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
 def test_token_classification_head(stack):
     model = build(stack, YuyanForTokenClassification, num_labels=5)
     ids = random_ids(2, 6)

@@ -1,6 +1,6 @@
 """The Yuyan model: configuration and the single modeling file."""
 
-from .configuration_yuyan import CLASSIFIER_POOLINGS, LAYER_TYPES, PRESETS, YuyanConfig
+from .configuration_yuyan import CLASSIFIER_POOLINGS, CLASSIFIER_READINGS, LAYER_TYPES, PRESETS, YuyanConfig
 from .modeling_yuyan import (
     YuyanForCausalLM,
     YuyanForQuestionAnswering,
@@ -17,6 +17,7 @@ LORA_TARGET_MODULES = ("qkv_proj", "o_proj", "out_proj", "gate_up_proj", "down_p
 
 __all__ = [
     "CLASSIFIER_POOLINGS",
+    "CLASSIFIER_READINGS",
     "LAYER_TYPES",
     "LORA_TARGET_MODULES",
     "PRESETS",

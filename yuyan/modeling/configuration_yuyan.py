@@ -15,6 +15,7 @@ from transformers.modeling_rope_utils import RopeParameters
 
 LAYER_TYPES = ("full_attention", "lstm")
 CLASSIFIER_POOLINGS = ("last", "mean")
+CLASSIFIER_READINGS = ("once", "twice")
 
 # Named architectures. Sizes count tied embeddings once; `yuyan info` prints the exact figures.
 _ALTERNATING = "alternating"  # hybrid stacks: lstm, attention, lstm, attention, ...
@@ -90,6 +91,9 @@ class YuyanConfig(PreTrainedConfig):
         tie_word_embeddings: share the input embedding with the output projection.
         classifier_pooling: how `YuyanForSequenceClassification` reads a sequence: `"last"`, the hidden state of
             its last real token (transformers' decoder heads), or `"mean"`, the average over its real tokens.
+        classifier_reading: `"once"`, or `"twice"`: `YuyanForSequenceClassification` reads each text, the end-of-text
+            token and the text again, and pools the second reading only, whose every state has seen the whole text
+            (a causal model otherwise classifies from states that saw only a prefix). Twice the tokens per text.
 
     Example:
 
@@ -131,6 +135,7 @@ class YuyanConfig(PreTrainedConfig):
     # The 5.x base config no longer declares these; an undeclared `tie_word_embeddings` would silently untie.
     tie_word_embeddings: bool = True
     classifier_pooling: str = "last"
+    classifier_reading: str = "once"
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -198,6 +203,9 @@ class YuyanConfig(PreTrainedConfig):
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(f"classifier_pooling={self.classifier_pooling!r} is unknown; allowed: "
                              f"{list(CLASSIFIER_POOLINGS)}.")
+        if self.classifier_reading not in CLASSIFIER_READINGS:
+            raise ValueError(f"classifier_reading={self.classifier_reading!r} is unknown; allowed: "
+                             f"{list(CLASSIFIER_READINGS)}.")
         from transformers.activations import ACT2FN
 
         if self.hidden_act not in ACT2FN:

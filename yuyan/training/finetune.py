@@ -26,10 +26,11 @@ Every task also reports the validation `loss`. Data files: CSV, TSV, JSON, JSONL
 (`yuyan.training.tasks.data`); how each task encodes its examples is in its module under `yuyan.training.tasks`.
 
 Yuyan models are causal: each position sees only the text to its left. A classifier reads the last token's state
-(it has seen everything; `config_overrides="classifier_pooling=mean"` averages every token's instead); a tagger
-labels a word from its left context only; a QA model reads the question first, then the context, and picks the
-answer's start without seeing the text after it. That is the architecture, not a bug, and it costs accuracy on
-tagging and QA against bidirectional encoders.
+(it has seen everything; `config_overrides="classifier_pooling=mean"` averages every token's instead, and
+`classifier_reading=twice` reads `text <eos> text` and pools the second reading, every state of which has seen the
+whole text); a tagger labels a word from its left context only; a QA model reads the question first, then the
+context, and picks the answer's start without seeing the text after it. That is the architecture, not a bug, and it
+costs accuracy on tagging and QA against bidirectional encoders.
 
 Checked before training, as `ValueError`: the model folder is a Yuyan model (config.json with model_type
 "yuyan"), the data columns exist, validation labels are all among the training labels, QA answers lie in their
@@ -86,9 +87,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 ADAPTER_DIR = "adapter"
 # The config fields a fine-tuning run may change: they regularise training or choose how the classification head
 # reads a sequence, and leave every weight's shape alone (hidden_dropout is also the task heads' dropout).
-FINETUNE_CONFIG_FIELDS = ("hidden_dropout", "attention_dropout", "classifier_pooling")
+FINETUNE_CONFIG_FIELDS = ("hidden_dropout", "attention_dropout", "classifier_pooling", "classifier_reading")
 # Fields whose value is a word, not a number; YuyanConfig checks their values (validate_architecture).
-_TEXT_CONFIG_FIELDS = ("classifier_pooling",)
+_TEXT_CONFIG_FIELDS = ("classifier_pooling", "classifier_reading")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,13 +288,17 @@ def tokenization_with_pair_separator(tokenizer) -> bool:
 
 def resolve_max_length(task: Task, requested: int | None, tokenizer, config) -> int:
     positions = config.max_position_embeddings if config.has_attention else None
+    limit_name = f"the model's max_position_embeddings={positions}"
+    if positions is not None and task.name == "classification" and config.classifier_reading == "twice":
+        positions = (positions - 1) // 2  # the model reads `text <eos> text`
+        limit_name = f"{positions}, the longest text that classifier_reading='twice' fits in {limit_name}"
     limits = [limit for limit in (tokenizer.model_max_length, positions) if limit and limit < 10**8]
     if requested is None:
         return int(min([task.default_max_length, *limits]))
     if requested < 8:
         raise ValueError(f"max_seq_length={requested} is too short")
     if positions is not None and requested > positions:
-        raise ValueError(f"max_seq_length={requested} exceeds the model's max_position_embeddings={positions}")
+        raise ValueError(f"max_seq_length={requested} exceeds {limit_name}")
     return requested
 
 
