@@ -445,8 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SST-2: how the classifier reads a sentence, from its last token's state or the mean "
                         "of all its tokens' (default: the model's own, last)")
     parser.add_argument("--classifier-reading", choices=CLASSIFIER_READINGS, default=None,
-                        help="SST-2: read each sentence once, or twice (`sentence <eos> sentence`, the head "
-                        "pooling the second reading, whose states have seen the whole sentence; twice the tokens)")
+                        help="SST-2: read each sentence once, once and the end-of-text token (`sentence <eos>`, "
+                        "the head reading that token), or twice (`sentence <eos> sentence`, the head pooling the "
+                        "second reading, whose states have seen the whole sentence; twice the tokens)")
     parser.add_argument("--reset-unseen-tokens", action="store_true",
                         help="pretrained rows: tokens that never occur in the model's pretraining text (its run.json) "
                         "get fresh embeddings first (yuyan finetune --reset-unseen-tokens)")

@@ -229,15 +229,18 @@ def test_sequence_classification_mean_pooling_reads_every_real_token_and_no_padd
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
 @pytest.mark.parametrize("pooling", ["last", "mean"])
-def test_sequence_classification_reading_twice_pools_the_second_reading_of_each_row(stack, pooling):
+@pytest.mark.parametrize("reading", ["once_eos", "twice"])
+def test_sequence_classification_rereading_pools_the_text_as_laid_out(stack, pooling, reading):
     model = build(stack, YuyanForSequenceClassification, num_labels=3, classifier_pooling=pooling,
-                  classifier_reading="twice")
+                  classifier_reading=reading)
     rows = [random_ids(1, 6, seed=1)[0], random_ids(1, 4, seed=2)[0]]
     expected = []
-    for row in rows:  # the model run by hand on `row <eos> row`, pooled over the second copy
-        states = model.model(torch.cat([row, torch.tensor([EOS]), row])[None]).last_hidden_state[0]
-        second = states[len(row) + 1:]
-        expected.append(model.score(second[-1] if pooling == "last" else second.mean(0)))
+    eos = torch.tensor([EOS])
+    for row in rows:  # the model run by hand on `row <eos>` or `row <eos> row`, pooled over what follows the first row
+        laid_out = torch.cat([row, eos] if reading == "once_eos" else [row, eos, row])
+        states = model.model(laid_out[None]).last_hidden_state[0]
+        pooled = states if reading == "once_eos" else states[len(row) + 1:]
+        expected.append(model.score(pooled[-1] if pooling == "last" else pooled.mean(0)))
     expected = torch.stack(expected)
     labels = torch.tensor([2, 0])
     for side in ("left", "right"):
@@ -257,8 +260,15 @@ def test_sequence_classification_reading_twice_pools_the_second_reading_of_each_
     assert not torch.allclose(once(ids, attention_mask=mask).logits, expected, atol=1e-3)
     with pytest.raises(ValueError, match="without cache or position_ids"):
         model(ids, position_ids=torch.arange(6)[None].expand(2, -1))
-    with pytest.raises(ValueError, match=r"classifier_reading='thrice' is unknown; allowed: \['once', 'twice'\]"):
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_classifier_reading_is_checked(stack):
+    with pytest.raises(ValueError, match=r"classifier_reading='thrice' is unknown; allowed: \['once', 'once_eos', "):
         tiny_config(stack, classifier_reading="thrice")
+    with pytest.raises(ValueError, match=r"classifier_reading='twice' needs the end-of-text token"):
+        tiny_config(stack, classifier_reading="twice", eos_token_id=None)
+    assert tiny_config(stack, eos_token_id=None).classifier_reading == "once"
 
 
 @pytest.mark.parametrize("stack", ALL_STACKS)

@@ -429,6 +429,9 @@ def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path,
     with pytest.raises(ValueError, match=r"max_seq_length=64 exceeds 63, the longest text that classifier_reading"):
         ft.finetune("classification", base_model, train, validation, bad, data_args={"max_seq_length": 64},
                     config_overrides="classifier_reading=twice")
+    with pytest.raises(ValueError, match=r"max_seq_length=128 exceeds 127, the longest text that classifier_reading"):
+        ft.finetune("classification", base_model, train, validation, bad, data_args={"max_seq_length": 128},
+                    config_overrides="classifier_reading=once_eos")
     assert not Path(bad).exists()
 
 

@@ -15,7 +15,7 @@ from transformers.modeling_rope_utils import RopeParameters
 
 LAYER_TYPES = ("full_attention", "lstm")
 CLASSIFIER_POOLINGS = ("last", "mean")
-CLASSIFIER_READINGS = ("once", "twice")
+CLASSIFIER_READINGS = ("once", "once_eos", "twice")
 
 # Named architectures. Sizes count tied embeddings once; `yuyan info` prints the exact figures.
 _ALTERNATING = "alternating"  # hybrid stacks: lstm, attention, lstm, attention, ...
@@ -91,9 +91,11 @@ class YuyanConfig(PreTrainedConfig):
         tie_word_embeddings: share the input embedding with the output projection.
         classifier_pooling: how `YuyanForSequenceClassification` reads a sequence: `"last"`, the hidden state of
             its last real token (transformers' decoder heads), or `"mean"`, the average over its real tokens.
-        classifier_reading: `"once"`, or `"twice"`: `YuyanForSequenceClassification` reads each text, the end-of-text
-            token and the text again, and pools the second reading only, whose every state has seen the whole text
-            (a causal model otherwise classifies from states that saw only a prefix). Twice the tokens per text.
+        classifier_reading: what `YuyanForSequenceClassification` reads of each text: `"once"`, the text as given;
+            `"once_eos"`, the text and the end-of-text token, so that the `"last"` head always reads the same token
+            (GPT's extract token) whether a text ends in a word or in punctuation; `"twice"`, the text, the
+            end-of-text token and the text again, pooling the second reading only, whose every state has seen the
+            whole text (a causal model otherwise pools states that saw only a prefix; twice the tokens per text).
 
     Example:
 
@@ -206,6 +208,9 @@ class YuyanConfig(PreTrainedConfig):
         if self.classifier_reading not in CLASSIFIER_READINGS:
             raise ValueError(f"classifier_reading={self.classifier_reading!r} is unknown; allowed: "
                              f"{list(CLASSIFIER_READINGS)}.")
+        if self.classifier_reading != "once" and self.eos_token_id is None:
+            raise ValueError(f"classifier_reading={self.classifier_reading!r} needs the end-of-text token: set "
+                             "eos_token_id, or read the text once.")
         from transformers.activations import ACT2FN
 
         if self.hidden_act not in ACT2FN:

@@ -818,7 +818,8 @@ def _build_backbone(head: PreTrainedModel, config: YuyanConfig) -> None:
 class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreTrainedModel):
     """Classification from the hidden state of each row's last real token (`config.classifier_pooling="last"`, as
     transformers' decoder heads read a sequence), or from the average of its real tokens' states (`"mean"`). With
-    `config.classifier_reading="twice"` the model reads `text <eos> text` and pools the second reading only."""
+    `config.classifier_reading="once_eos"` the model reads `text <eos>`, with `"twice"` `text <eos> text` and pools
+    the second reading only."""
 
     def __init__(self, config: YuyanConfig):
         _build_backbone(self, config)
@@ -840,8 +841,8 @@ class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreT
         use_cache: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast:
-        twice = self.config.classifier_reading == "twice"
-        if self.config.classifier_pooling == "last" and not twice:
+        reread = self.config.classifier_reading != "once"
+        if self.config.classifier_pooling == "last" and not reread:
             return GenericForSequenceClassification.forward(
                 self, input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                 inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache, **kwargs
@@ -854,11 +855,11 @@ class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreT
             real = input_ids != self.config.pad_token_id
         else:
             real = torch.ones(reference.shape[:2], dtype=torch.bool, device=reference.device)
-        if twice:
+        if reread:
             if cache is not None or position_ids is not None:
-                raise ValueError("classifier_reading='twice' builds its own sequence and positions: call the model "
-                                 "without cache or position_ids")
-            input_ids, inputs_embeds, real, pooled_positions = self._read_twice(input_ids, inputs_embeds, real)
+                raise ValueError(f"classifier_reading={self.config.classifier_reading!r} builds its own sequence and "
+                                 "positions: call the model without cache or position_ids")
+            input_ids, inputs_embeds, real, pooled_positions = self._reread(input_ids, inputs_embeds, real)
             attention_mask, use_cache = real.long(), False
         else:
             # With a cache the mask also covers the tokens read by earlier calls; the mean is over this call's.
@@ -872,7 +873,7 @@ class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreT
         if self.config.classifier_pooling == "mean":
             weights = pooled_positions.to(hidden_states.dtype)
             pooled = (hidden_states * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
-        else:  # the last pooled position of each row (the twice-read rows are right-padded)
+        else:  # the last pooled position of each row (the re-read rows are right-padded)
             last = (pooled_positions.cumsum(1) == pooled_positions.sum(1, keepdim=True)).int().argmax(1)
             pooled = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
         pooled_logits = self.score(pooled)
@@ -885,34 +886,35 @@ class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreT
             attentions=outputs.attentions,
         )
 
-    def _read_twice(self, input_ids, inputs_embeds, real):
-        """Each row as `text <eos> text` (no separator when the config has no eos id), right-padded, whatever the
-        input's padding side. Returns the new input ids or embeddings, the mask of real tokens and that of the second
-        reading."""
-        separator = self.config.eos_token_id
-        separator = separator[0] if isinstance(separator, (list, tuple)) else separator
-        gap = 0 if separator is None else 1
+    def _reread(self, input_ids, inputs_embeds, real):
+        """Each row laid out as `config.classifier_reading` says (`text <eos>`, or `text <eos> text`), right-padded,
+        whatever the input's padding side. Returns the new input ids or embeddings, the mask of real tokens and that
+        of the pooled ones (the last copy of the text, and the closing end-of-text token)."""
+        eos = self.config.eos_token_id
+        eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        copies = 2 if self.config.classifier_reading == "twice" else 1
+        closed = self.config.classifier_reading.endswith("_eos")
         lengths = real.sum(1, keepdim=True)
-        width = int(2 * lengths.max().item() + gap) if real.numel() else gap
+        # A copy of the text takes `lengths + 1` positions with the end-of-text token after it; the last one's token
+        # is there only when the reading is closed.
+        used = copies * (lengths + 1) - (0 if closed else 1)
+        width = int(used.max().item()) if real.numel() else 1
+        positions = torch.arange(width, device=real.device).unsqueeze(0)
+        copy, offset = positions // (lengths + 1), positions % (lengths + 1)
+        read = positions < used
+        is_eos = read & (offset == lengths)
+        pooled = read & (copy == copies - 1)
         # The row's real tokens in order, first: a stable sort puts the padding (True) after them.
         order = torch.sort((~real).to(torch.int8), dim=1, stable=True).indices
-        positions = torch.arange(width, device=real.device).unsqueeze(0)
-        second = (positions >= lengths + gap) & (positions < 2 * lengths + gap)
-        read = positions < 2 * lengths + gap
-        offset = torch.where(positions < lengths, positions, positions - lengths - gap)
         source = order.gather(1, offset.clamp(0, max(real.shape[1] - 1, 0)))
-        is_separator = (positions == lengths) & (gap == 1)
         if input_ids is not None:
-            doubled = input_ids.gather(1, source)
-            if gap:
-                doubled = doubled.masked_fill(is_separator, separator)
-            pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
-            return doubled.masked_fill(~read, pad), None, read, second
-        doubled = inputs_embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, inputs_embeds.shape[-1]))
-        if gap:
-            embedding = self.get_input_embeddings()(torch.tensor(separator, device=doubled.device))
-            doubled = torch.where(is_separator.unsqueeze(-1), embedding.to(doubled.dtype), doubled)
-        return None, doubled * read.unsqueeze(-1).to(doubled.dtype), read, second
+            laid_out = input_ids.gather(1, source).masked_fill(is_eos, eos)
+            pad = self.config.pad_token_id if self.config.pad_token_id is not None else eos
+            return laid_out.masked_fill(~read, pad), None, read, pooled
+        laid_out = inputs_embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, inputs_embeds.shape[-1]))
+        eos_embedding = self.get_input_embeddings()(torch.tensor(eos, device=laid_out.device)).to(laid_out.dtype)
+        laid_out = torch.where(is_eos.unsqueeze(-1), eos_embedding, laid_out)
+        return None, laid_out * read.unsqueeze(-1).to(laid_out.dtype), read, pooled
 
 
 class YuyanForTokenClassification(GenericForTokenClassification, YuyanPreTrainedModel):

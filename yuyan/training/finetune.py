@@ -26,11 +26,12 @@ Every task also reports the validation `loss`. Data files: CSV, TSV, JSON, JSONL
 (`yuyan.training.tasks.data`); how each task encodes its examples is in its module under `yuyan.training.tasks`.
 
 Yuyan models are causal: each position sees only the text to its left. A classifier reads the last token's state
-(it has seen everything; `config_overrides="classifier_pooling=mean"` averages every token's instead, and
-`classifier_reading=twice` reads `text <eos> text` and pools the second reading, every state of which has seen the
-whole text); a tagger labels a word from its left context only; a QA model reads the question first, then the
-context, and picks the answer's start without seeing the text after it. That is the architecture, not a bug, and it
-costs accuracy on tagging and QA against bidirectional encoders.
+(it has seen everything; `config_overrides="classifier_pooling=mean"` averages every token's instead;
+`classifier_reading=once_eos` reads `text <eos>` and classifies from the end-of-text token; `classifier_reading=twice`
+reads `text <eos> text` and pools the second reading, every state of which has seen the whole text); a tagger labels
+a word from its left context only; a QA model reads the question first, then the context, and picks the answer's
+start without seeing the text after it. That is the architecture, not a bug, and it costs accuracy on tagging and
+QA against bidirectional encoders.
 
 Checked before training, as `ValueError`: the model folder is a Yuyan model (config.json with model_type
 "yuyan"), the data columns exist, validation labels are all among the training labels, QA answers lie in their
@@ -289,9 +290,12 @@ def tokenization_with_pair_separator(tokenizer) -> bool:
 def resolve_max_length(task: Task, requested: int | None, tokenizer, config) -> int:
     positions = config.max_position_embeddings if config.has_attention else None
     limit_name = f"the model's max_position_embeddings={positions}"
-    if positions is not None and task.name == "classification" and config.classifier_reading == "twice":
-        positions = (positions - 1) // 2  # the model reads `text <eos> text`
-        limit_name = f"{positions}, the longest text that classifier_reading='twice' fits in {limit_name}"
+    reading = config.classifier_reading
+    if positions is not None and task.name == "classification" and reading != "once":
+        # The model reads `text <eos>` or `text <eos> text` (YuyanForSequenceClassification._reread).
+        copies, closed = (2 if reading == "twice" else 1), reading.endswith("_eos")
+        positions = (positions + (0 if closed else 1)) // copies - 1
+        limit_name = f"{positions}, the longest text that classifier_reading={reading!r} fits in {limit_name}"
     limits = [limit for limit in (tokenizer.model_max_length, positions) if limit and limit < 10**8]
     if requested is None:
         return int(min([task.default_max_length, *limits]))
