@@ -201,22 +201,39 @@ def test_sequence_classification_head(stack):
     torch.testing.assert_close(out.logits[1:], alone, atol=1e-5, rtol=1e-5)
 
 
+def padded_rows(rows: list[torch.Tensor], side: str, width: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows as one batch padded on `side`, with its attention mask."""
+    ids = torch.full((len(rows), width), PAD)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span], mask[i, span] = row, 1
+    return ids, mask
+
+
+def assert_classifies_padded_rows(model, rows, expected, embeddings=False):
+    """The classifier's logits and loss for the rows, padded on either side (and given as embeddings), are
+    `expected`; returns the right-padded batch."""
+    labels = torch.tensor([2, 0])
+    for side in ("left", "right"):
+        ids, mask = padded_rows(rows, side)
+        out = model(ids, attention_mask=mask, labels=labels)
+        torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5, msg=f"{side} padding")
+        torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
+        if embeddings:
+            embeds = model.get_input_embeddings()(ids)
+            torch.testing.assert_close(model(inputs_embeds=embeds, attention_mask=mask).logits, expected,
+                                       atol=1e-5, rtol=1e-5, msg=f"{side} padding, embeddings")
+    return ids, mask
+
+
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_sequence_classification_mean_pooling_reads_every_real_token_and_no_padding(stack):
     model = build(stack, YuyanForSequenceClassification, num_labels=3, classifier_pooling="mean")
     rows = [random_ids(1, 6, seed=1)[0], random_ids(1, 4, seed=2)[0]]
     states = [model.model(row[None]).last_hidden_state[0] for row in rows]
     expected = torch.stack([model.score(state.mean(0)) for state in states])
-    labels = torch.tensor([2, 0])
-    for side in ("left", "right"):
-        ids = torch.full((2, 6), PAD)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            span = slice(6 - len(row), 6) if side == "left" else slice(0, len(row))
-            ids[i, span], mask[i, span] = row, 1
-        out = model(ids, attention_mask=mask, labels=labels)
-        torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5, msg=f"{side} padding")
-        torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
+    ids, mask = assert_classifies_padded_rows(model, rows, expected)
     # Without a mask the padding is found from pad_token_id, as the last-token head finds it (right padding: a
     # causal model never reads what comes after a row's tokens).
     torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=1e-5)
@@ -242,19 +259,7 @@ def test_sequence_classification_rereading_pools_the_text_as_laid_out(stack, poo
         pooled = states if reading == "once_eos" else states[len(row) + 1:]
         expected.append(model.score(pooled[-1] if pooling == "last" else pooled.mean(0)))
     expected = torch.stack(expected)
-    labels = torch.tensor([2, 0])
-    for side in ("left", "right"):
-        ids = torch.full((2, 6), PAD)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            span = slice(6 - len(row), 6) if side == "left" else slice(0, len(row))
-            ids[i, span], mask[i, span] = row, 1
-        out = model(ids, attention_mask=mask, labels=labels)
-        torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5, msg=f"{side} padding")
-        torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
-        embeds = model.get_input_embeddings()(ids)
-        torch.testing.assert_close(model(inputs_embeds=embeds, attention_mask=mask).logits, expected,
-                                   atol=1e-5, rtol=1e-5, msg=f"{side} padding, embeddings")
+    ids, mask = assert_classifies_padded_rows(model, rows, expected, embeddings=True)
     torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=1e-5)  # padding found from pad_token_id
     once = build(stack, YuyanForSequenceClassification, num_labels=3, classifier_pooling=pooling)  # same weights
     assert not torch.allclose(once(ids, attention_mask=mask).logits, expected, atol=1e-3)
