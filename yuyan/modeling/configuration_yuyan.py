@@ -292,6 +292,13 @@ class YuyanConfig(PreTrainedConfig):
     def num_attention_layers(self) -> int:
         return sum(t == "full_attention" for t in self.mixer_types)
 
+    @property
+    def classifier_layout(self) -> tuple[int, bool]:
+        """How `classifier_reading` lays a text out: the copies of the text (end-of-text tokens between them), and
+        whether an end-of-text token closes the last copy. A text of L tokens takes `copies * (L + 1) - (0 if closed
+        else 1)` positions."""
+        return (2 if self.classifier_reading == "twice" else 1), self.classifier_reading.endswith("_eos")
+
     def stack_summary(self) -> str:
         """`4 x full_attention`, or the layer types spelled out for a mixed stack."""
         if len(set(self.mixer_types)) == 1:

@@ -892,8 +892,7 @@ class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreT
         of the pooled ones (the last copy of the text, and the closing end-of-text token)."""
         eos = self.config.eos_token_id
         eos = eos[0] if isinstance(eos, (list, tuple)) else eos
-        copies = 2 if self.config.classifier_reading == "twice" else 1
-        closed = self.config.classifier_reading.endswith("_eos")
+        copies, closed = self.config.classifier_layout
         lengths = real.sum(1, keepdim=True)
         # A copy of the text takes `lengths + 1` positions with the end-of-text token after it; the last one's token
         # is there only when the reading is closed.

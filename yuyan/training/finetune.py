@@ -292,8 +292,7 @@ def resolve_max_length(task: Task, requested: int | None, tokenizer, config) -> 
     limit_name = f"the model's max_position_embeddings={positions}"
     reading = config.classifier_reading
     if positions is not None and task.name == "classification" and reading != "once":
-        # The model reads `text <eos>` or `text <eos> text` (YuyanForSequenceClassification._reread).
-        copies, closed = (2 if reading == "twice" else 1), reading.endswith("_eos")
+        copies, closed = config.classifier_layout  # the longest text whose layout fits the positions
         positions = (positions + (0 if closed else 1)) // copies - 1
         limit_name = f"{positions}, the longest text that classifier_reading={reading!r} fits in {limit_name}"
     limits = [limit for limit in (tokenizer.model_max_length, positions) if limit and limit < 10**8]
