@@ -448,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SST-2: read each sentence once, once and the end-of-text token (`sentence <eos>`, "
                         "the head reading that token), or twice (`sentence <eos> sentence`, the head pooling the "
                         "second reading, whose states have seen the whole sentence; twice the tokens)")
+    parser.add_argument("--layer-lr-decay", type=float, default=None, metavar="D",
+                        help="each layer below the head fine-tunes at D times the rate of the one above, the "
+                        "embeddings lowest (yuyan finetune --layer-lr-decay; default: one rate for all)")
     parser.add_argument("--reset-unseen-tokens", action="store_true",
                         help="pretrained rows: tokens that never occur in the model's pretraining text (its run.json) "
                         "get fresh embeddings first (yuyan finetune --reset-unseen-tokens)")
@@ -471,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give at least one model folder (or --prepare-only)")
     if args.no_scratch and args.scratch_only:
         parser.error("--no-scratch and --scratch-only exclude each other")
+    if args.layer_lr_decay is not None and not 0.0 < args.layer_lr_decay <= 1.0:
+        parser.error(f"--layer-lr-decay must be in (0, 1], not {args.layer_lr_decay}")
     if args.task_text_steps < 0:
         parser.error(f"--task-text-steps must be 0 (off) or more, not {args.task_text_steps}")
     if args.task_text_steps and (args.tasks != ["sst2"] or args.reset_unseen_tokens):
@@ -563,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                 config_overrides=overrides or None,
                 reset_unseen_tokens=pretraining_files(model) if args.reset_unseen_tokens and init == "pretrained"
                 else None,
+                layer_lr_decay=args.layer_lr_decay,
             )
             run = read_run(run_dir)  # metrics: the dict finetune returns
             scored = metrics.get("test_metrics") or metrics["metrics"]
@@ -574,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
             for field in ("classifier_pooling", "classifier_reading"):
                 if field in overrides:
                     row[field] = overrides[field]
+            if args.layer_lr_decay is not None:
+                row["layer_lr_decay"] = args.layer_lr_decay
             if args.task_text_steps:
                 row["task_text"] = {"steps": args.task_text_steps, "learning_rate": args.task_text_learning_rate}
             if name == "tatoeba":
@@ -591,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{', LoRA' if args.lora else ''}{', batches grouped by length' if args.group_by_length else ''}"
           f"{f', dropout {args.dropout:g}' if args.dropout is not None else ''}"
           f"{f', SST-2 pooling {args.classifier_pooling}' if args.classifier_pooling else ''}"
-          f"{f', SST-2 read {args.classifier_reading}' if args.classifier_reading else ''}; "
+          f"{f', SST-2 read {args.classifier_reading}' if args.classifier_reading else ''}"
+          f"{f', layer-wise rate decay {args.layer_lr_decay:g}' if args.layer_lr_decay is not None else ''}; "
           f"SST-2 scored on sst2/test.tsv (GLUE dev), the model chosen on {args.sst2_selection:,} held-out training "
           "sentences")
     print()

@@ -192,6 +192,13 @@ def test_task_text_flags_that_make_no_sense_stop_the_report(flags, capsys):
     assert "--task-text-steps" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("decay", ["0", "-0.5", "1.5"])
+def test_layer_lr_decay_out_of_range_stops_the_report(decay, capsys):
+    with pytest.raises(SystemExit):
+        report.main(["model", "--layer-lr-decay", decay])
+    assert "--layer-lr-decay must be in (0, 1]" in capsys.readouterr().err
+
+
 def test_unpaired_tatoeba_text_keeps_every_sentence_and_no_pair_together():
     pairs = [{"prompt": f"sentence {i}.", "completion": f"句子{i}。"} for i in range(200)]
     lines = report.unpaired_tatoeba_lines(pairs, seed=42)

@@ -435,6 +435,70 @@ def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path,
     assert not Path(bad).exists()
 
 
+def test_layer_lr_decay_gives_each_layer_its_rate_and_resumes(tmp_path, base_model):
+    """--layer-lr-decay: the head and final norm start at the full rate, each layer below at `decay` times the one
+    above, the embeddings lowest; weight decay still skips norms; run.json records it; a run resumed from its
+    checkpoint rebuilds the same groups and ends on the same weights; a decay out of (0, 1] stops the run first."""
+    from transformers import TrainerCallback
+
+    train = _write_jsonl(tmp_path / "train.jsonl", _sentiment_rows(64, 0))
+    validation = _write_jsonl(tmp_path / "validation.jsonl", _sentiment_rows(8, 1))
+    rates = {}
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+            rates.clear()
+            for group in optimizer.param_groups:
+                for parameter in group["params"]:
+                    rates[parameter] = (group["initial_lr"], group["weight_decay"])
+            rates["names"] = {name: rates[p] for name, p in model.named_parameters()}
+
+    steps = {**QUICK, "max_steps": 4, "weight_decay": 0.01, "warmup_steps": 0, "seed": 3}
+    full = tmp_path / "full"
+    ft.finetune("classification", base_model, train, validation, str(full), training_args=steps,
+                layer_lr_decay=0.5, callbacks=[Spy()])
+    lr = QUICK["learning_rate"]
+    by_name = rates["names"]
+    assert by_name["score.weight"] == (lr, 0.01) and by_name["model.norm.weight"] == (lr, 0.0)
+    assert by_name["model.layers.1.self_attn.qkv_proj.weight"] == (lr * 0.5, 0.01)
+    assert by_name["model.layers.1.input_layernorm.weight"] == (lr * 0.5, 0.0)
+    assert by_name["model.layers.0.recurrent.lstm.weight_hh_l0"] == (lr * 0.25, 0.01)
+    assert by_name["model.embed_tokens.weight"] == (lr * 0.125, 0.01)
+    assert json.loads((full / "run.json").read_text())["training"]["layer_lr_decay"] == 0.5
+
+    # Stopped after 2 of the 4 steps, then resumed: the optimizer state loads into the same groups.
+    class StopAfterTwo(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 2
+
+    half = tmp_path / "half"
+    ft.finetune("classification", base_model, train, validation, str(half),
+                training_args={**steps, "save_strategy": "steps", "save_steps": 2}, layer_lr_decay=0.5,
+                callbacks=[StopAfterTwo()])
+    checkpoint = half / "checkpoint-2"
+    ft.finetune("classification", base_model, train, validation, str(half),
+                training_args={**steps, "save_strategy": "steps", "save_steps": 2,
+                               "resume_from_checkpoint": str(checkpoint)},
+                layer_lr_decay=0.5, callbacks=[Spy()])
+    assert rates["names"]["model.embed_tokens.weight"] == (lr * 0.125, 0.01)
+    from safetensors.torch import load_file
+
+    resumed, straight = load_file(half / "model.safetensors"), load_file(full / "model.safetensors")
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, msg=name)
+    # One rate for all (the default) trains a different model from the same seed.
+    plain = tmp_path / "plain"
+    ft.finetune("classification", base_model, train, validation, str(plain), training_args=steps)
+    assert not torch.equal(load_file(plain / "model.safetensors")["model.embed_tokens.weight"],
+                           straight["model.embed_tokens.weight"])
+
+    for decay in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"layer_lr_decay must be in \(0, 1\]"):
+            ft.finetune("classification", base_model, train, validation, str(tmp_path / "bad"),
+                        layer_lr_decay=decay)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_tokens_unseen_in_pretraining_start_with_fresh_embeddings(tmp_path, base_model, tokenizer):
     """--reset-unseen-tokens: the rows of the tokens absent from the given text are redrawn before training starts
     (the special tokens and every seen row as pretrained); run.json says how many; a missing file stops the run
@@ -486,12 +550,13 @@ def test_every_training_argument_is_a_flag():
         "8", "--warmup-steps", "3", "--text-column", "sentence", "--class_names", "neg", "pos", "--lora",
         "--lora-r", "4", "--lora-target-modules", "qkv_proj", "out_proj", "--delimiter", "\\t", "--seed", "7",
         "--config-overrides", "hidden_dropout=0.1", "--reset-unseen-tokens", "a.txt", "b.txt",
+        "--layer-lr-decay", "0.5",
     ])
     finetune_args, data_args, lora_args, training_args = split_namespace(args)
     assert finetune_args.task == "classification" and finetune_args.model_name_or_path == "m"
     assert finetune_args.train_file == "t.csv" and finetune_args.validation_file == "v.csv"
     assert finetune_args.config_overrides == "hidden_dropout=0.1"
-    assert finetune_args.reset_unseen_tokens == ["a.txt", "b.txt"]
+    assert finetune_args.reset_unseen_tokens == ["a.txt", "b.txt"] and finetune_args.layer_lr_decay == 0.5
     assert training_args.output_dir == "out" and training_args.learning_rate == 1e-3
     assert training_args.num_train_epochs == 2 and training_args.per_device_train_batch_size == 8
     assert training_args.warmup_steps == 3 and training_args.seed == 7

@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> None:
         test_file=finetune_args.test_file,
         config_overrides=finetune_args.config_overrides,
         reset_unseen_tokens=finetune_args.reset_unseen_tokens,
+        layer_lr_decay=finetune_args.layer_lr_decay,
     )
     shown = ", ".join(f"{name} {value:.4g}" for name, value in result["metrics"].items())
     print(f"{result['task']}: {shown} (validation); saved to {training_args.output_dir}")

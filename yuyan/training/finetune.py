@@ -64,6 +64,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -124,6 +125,12 @@ class FinetuneArguments:
         default=None,
         metadata={"help": "model config fields for fine-tuning, as transformers' run_clm spells them: "
                   "hidden_dropout=0.1,classifier_pooling=mean (allowed: " + ", ".join(FINETUNE_CONFIG_FIELDS) + ")"},
+    )
+    layer_lr_decay: float | None = field(
+        default=None,
+        metadata={"help": "layer-wise learning-rate decay in (0, 1]: the head trains at --learning_rate, the top "
+                  "layer at this times it, each layer below at this times the one above, the embeddings lowest "
+                  "(ULMFiT's discriminative fine-tuning; default: one rate for all)"},
     )
     reset_unseen_tokens: list[str] | None = field(
         default=None,
@@ -387,19 +394,71 @@ def write_card(output_dir: Path, metrics: dict, run: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _trainer_class(loss_only: bool):
+def check_layer_lr_decay(decay: float | None) -> None:
+    if decay is not None and not 0.0 < decay <= 1.0:
+        raise ValueError(f"layer_lr_decay must be in (0, 1] (1: every layer at the same rate; 0.5: each layer below "
+                         f"the top at half the rate of the one above it), not {decay}")
+
+
+def layer_lr_scales(model: torch.nn.Module, decay: float) -> dict[str, float]:
+    """Each trainable parameter's learning-rate factor under layer-wise decay (ULMFiT's discriminative fine-tuning):
+    the task head and the final norm train at the full rate, the top decoder layer at `decay` times it, each layer
+    below at `decay` times the one above, and the token embeddings lowest (`decay ** (layers + 1)`). The lower a
+    weight, the more general what it learned in pretraining, and the less the task should move it."""
+    layers = model.config.num_hidden_layers
+    scales = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        index = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
+        if index is not None:
+            depth = layers - int(index.group(1))
+        elif "embed_tokens" in name:
+            depth = layers + 1
+        else:
+            depth = 0
+        scales[name] = decay ** depth
+    return scales
+
+
+def split_by_layer_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, decay: float) -> None:
+    """Split each of the optimizer's parameter groups (weight decay or not) by depth, each part at its layer's rate.
+    Done before the scheduler exists, so that the schedule scales every group's own peak rate."""
+    scales = layer_lr_scales(model, decay)
+    scale_of = {id(parameter): scales[name] for name, parameter in model.named_parameters() if name in scales}
+    groups, optimizer.param_groups = optimizer.param_groups, []
+    for group in groups:
+        options = {key: value for key, value in group.items() if key != "params"}
+        for scale in sorted({scale_of[id(parameter)] for parameter in group["params"]}, reverse=True):
+            parameters = [parameter for parameter in group["params"] if scale_of[id(parameter)] == scale]
+            optimizer.add_param_group({**options, "params": parameters, "lr": group["lr"] * scale})
+
+
+def _trainer_class(loss_only: bool, layer_lr_decay: float | None = None):
     from transformers import Trainer
 
-    if not loss_only:
-        return Trainer
+    base = Trainer
+    if loss_only:
+        class LossOnlyTrainer(Trainer):
+            """Evaluates the loss only: a language model's logits are (examples x length x vocabulary)."""
 
-    class LossOnlyTrainer(Trainer):
-        """Evaluates the loss only: a language model's logits are (examples x length x vocabulary)."""
+            def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+                return super().prediction_step(model, inputs, True, ignore_keys=ignore_keys)
 
-        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-            return super().prediction_step(model, inputs, True, ignore_keys=ignore_keys)
+        base = LossOnlyTrainer
+    if layer_lr_decay is None or layer_lr_decay == 1.0:
+        return base
 
-    return LossOnlyTrainer
+    class LayerLRTrainer(base):
+        """The Trainer's optimizer, each layer at its own rate (`split_by_layer_lr`)."""
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:  # once: the Trainer calls this again for the optimizer it already has
+                super().create_optimizer(model)
+                split_by_layer_lr(self.optimizer, self.model if model is None else model, layer_lr_decay)
+            return self.optimizer
+
+    return LayerLRTrainer
 
 
 def _validation_metrics(evaluation: dict[str, float], prefix: str = "eval") -> dict[str, float]:
@@ -429,6 +488,7 @@ def finetune(
     callbacks: list | None = None,
     config_overrides: dict[str, Any] | str | None = None,
     reset_unseen_tokens: list[str | os.PathLike] | None = None,
+    layer_lr_decay: float | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `model` (a Yuyan folder or Hub id) for `task` and save it in `output_dir`; returns metrics.json.
 
@@ -441,6 +501,7 @@ def finetune(
     a dict or a "key=value,key=value" string; they are saved with the fine-tuned model.
     `reset_unseen_tokens`: the text files the model was pretrained on; the tokens that never occur in them get
     fresh embeddings before training (`yuyan.training.unseen_tokens`).
+    `layer_lr_decay`: each layer below the head trains at this times the rate of the one above (`layer_lr_scales`).
     """
     from transformers import set_seed
 
@@ -455,6 +516,7 @@ def finetune(
     if lora_args.merge and not lora_args.lora:
         raise ValueError("--merge merges a LoRA adapter: give --lora too")
     config_overrides = parse_config_overrides(config_overrides)
+    check_layer_lr_decay(layer_lr_decay)
     inputs = prepare_inputs(task_spec, model, tokenizer, data_args, train_file, validation_file, test_file,
                             config_overrides)
     seen = None
@@ -467,7 +529,7 @@ def finetune(
                                                                ignore_mismatched_sizes, seen, training_args.seed)
 
     # Fit, evaluate, save.
-    trainer, train_seconds = fit(task_model, training_args, inputs, callbacks)
+    trainer, train_seconds = fit(task_model, training_args, inputs, callbacks, layer_lr_decay)
     validation_metrics, test_metrics = evaluate(trainer, inputs)
     metrics = FinetuneMetrics(
         task=task_spec.pipeline_task,
@@ -484,6 +546,8 @@ def finetune(
         hardware=hardware_name(training_args.device),
     )
     run = run_record(task_spec, trainer, inputs, data_args, lora_args, targets)
+    if layer_lr_decay is not None:
+        run.training["layer_lr_decay"] = layer_lr_decay
     if reset_unseen_tokens:
         run.training["reset_unseen_tokens"] = {"files": [str(file) for file in reset_unseen_tokens],
                                                "tokens": len(redrawn)}
@@ -618,13 +682,14 @@ def load_task_model(task: Task, inputs: FinetuneInputs, lora_args: LoraArguments
     return task_model, parameters, targets, redrawn
 
 
-def fit(task_model, training_args, inputs: FinetuneInputs, callbacks: list | None):
+def fit(task_model, training_args, inputs: FinetuneInputs, callbacks: list | None,
+        layer_lr_decay: float | None = None):
     """Train with the Trainer (resuming from a checkpoint when asked); (trainer, training seconds)."""
     setup = inputs.setup
     # The Trainer sets config.use_cache to its own argument (False by default) for training; the model it saves
     # keeps the setting the pretrained model came with.
     use_cache = task_model.config.use_cache
-    trainer = _trainer_class(setup.loss_only_evaluation)(
+    trainer = _trainer_class(setup.loss_only_evaluation, layer_lr_decay)(
         model=task_model,
         args=training_args,
         train_dataset=setup.train_dataset,
