@@ -251,12 +251,13 @@ def make_scratch_model(model: Path, output: Path, seed: int) -> Path:
 
 
 def adapt_to_task_text(source: Path, texts: list[str], output: Path, steps: int, learning_rate: float, seed: int,
-                       block_size: int = 128, batch_size: int = 16) -> Path:
+                       block_size: int = 128, batch_size: int = 16, leading_space: bool = False) -> Path:
     """`source` trained further as a language model on a task's own training inputs (no labels), saved to `output`:
     ULMFiT's middle stage, between general pretraining and the task head. The distinct texts, shuffled, each closed
     by the end-of-text token, are packed into blocks of `block_size`; `steps` AdamW steps of `batch_size` blocks
     (warm-up over 6% of them, then linear decay). Both rows of a task get the same stage, so it is part of the
-    fine-tuning budget, not of pretraining."""
+    fine-tuning budget, not of pretraining. `leading_space`: the tokenizer reads each text as if it started with
+    a space (`add_leading_space`), and is saved so."""
     import torch
     from transformers import Trainer, TrainingArguments, default_data_collator
 
@@ -264,6 +265,10 @@ def adapt_to_task_text(source: Path, texts: list[str], output: Path, steps: int,
     from yuyan.training.finetune import load_tokenizer
 
     tokenizer = load_tokenizer(str(source))
+    if leading_space:
+        from yuyan.tokenization import add_leading_space
+
+        add_leading_space(tokenizer)
     distinct = sorted(set(texts))
     random.Random(seed).shuffle(distinct)
     ids: list[int] = []
@@ -421,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--estimate-only", action="store_true", help="print the runs and their expected time, and stop")
     parser.add_argument("--max-train", type=int, default=None, help="first N training examples per task")
     parser.add_argument("--max-eval", type=int, default=None, help="first N evaluation examples per task")
+    parser.add_argument("--sst2-leading-space", action="store_true",
+                        help="SST-2: read every sentence as if it started with a space, as each line of WikiText "
+                        "does, so that its first word is spelled in the tokens pretraining saw (`Ġthe`, not `t` `he`; "
+                        "yuyan finetune --leading-space; the language-model stage too)")
     parser.add_argument("--sst2-selection", type=int, default=2000,
                         help="SST-2 training sentences held out for model selection")
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps per row (default: per task)")
@@ -556,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides = config_overrides(name, args)
             if args.task_text_steps:
                 source = adapt_to_task_text(source, task_texts, output / "task-text" / model.name / init,
-                                            args.task_text_steps, args.task_text_learning_rate, args.seed)
+                                            args.task_text_steps, args.task_text_learning_rate, args.seed,
+                                            leading_space=args.sst2_leading_space)
             metrics = finetune(
                 spec["task"], str(source), str(spec["train"]), str(spec["validation"]), run_dir,
                 training_args=training_arguments(name, budget, args),
@@ -569,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
                 reset_unseen_tokens=pretraining_files(model) if args.reset_unseen_tokens and init == "pretrained"
                 else None,
                 layer_lr_decay=args.layer_lr_decay,
+                leading_space=args.sst2_leading_space and name == "sst2",
             )
             run = read_run(run_dir)  # metrics: the dict finetune returns
             scored = metrics.get("test_metrics") or metrics["metrics"]
@@ -582,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
                     row[field] = overrides[field]
             if args.layer_lr_decay is not None:
                 row["layer_lr_decay"] = args.layer_lr_decay
+            if args.sst2_leading_space and name == "sst2":
+                row["leading_space"] = True
             if args.task_text_steps:
                 row["task_text"] = {"steps": args.task_text_steps, "learning_rate": args.task_text_learning_rate}
             if name == "tatoeba":
@@ -600,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{f', dropout {args.dropout:g}' if args.dropout is not None else ''}"
           f"{f', SST-2 pooling {args.classifier_pooling}' if args.classifier_pooling else ''}"
           f"{f', SST-2 read {args.classifier_reading}' if args.classifier_reading else ''}"
-          f"{f', layer-wise rate decay {args.layer_lr_decay:g}' if args.layer_lr_decay is not None else ''}; "
+          f"{f', layer-wise rate decay {args.layer_lr_decay:g}' if args.layer_lr_decay is not None else ''}"
+          f"{', SST-2 read after a leading space' if args.sst2_leading_space else ''}; "
           f"SST-2 scored on sst2/test.tsv (GLUE dev), the model chosen on {args.sst2_selection:,} held-out training "
           "sentences")
     print()

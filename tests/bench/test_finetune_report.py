@@ -177,6 +177,11 @@ def test_task_text_stage_trains_the_language_model_on_the_task_sentences(tmp_pat
     first = YuyanForCausalLM.from_pretrained(adapted).state_dict()
     for name, tensor in YuyanForCausalLM.from_pretrained(again).state_dict().items():
         assert torch.allclose(tensor, first[name]), name
+    # With the leading space (--sst2-leading-space) the stage reads ` sentence` and saves a tokenizer that does.
+    spaced = report.adapt_to_task_text(tmp_path / "model", sentences, tmp_path / "spaced", steps=1,
+                                       learning_rate=1e-2, seed=0, block_size=16, batch_size=4, leading_space=True)
+    plain_tokenizer = load_tokenizer(str(tmp_path / "model"))
+    assert load_tokenizer(str(spaced))(sentences[0])["input_ids"] == plain_tokenizer(" " + sentences[0])["input_ids"]
     for texts in (["a"], []):
         with pytest.raises(ValueError, match="not one block"):
             report.adapt_to_task_text(tmp_path / "model", texts, tmp_path / "short", steps=1, learning_rate=1e-3,

@@ -243,6 +243,30 @@ def test_special_token_strings_are_not_merged_in_training():
 # Special tokens, wrapper settings, chat template
 
 
+def test_leading_space_spells_the_first_word_as_inside_a_text(tmp_path):
+    """add_leading_space: a text is read as if it started with a space (WikiText-style training text has its words
+    after spaces); text that starts with whitespace, spaces after a newline and empty text are left alone; offsets
+    point into the text as given; a second call changes nothing; the saved tokenizer keeps it."""
+    from transformers import AutoTokenizer
+
+    from yuyan.tokenization import add_leading_space
+
+    lines = [" the film is good .", " the cast is bad .", " a story about the sea ."] * 40
+    plain = train_tokenizer(texts=lines, vocab_size=300)
+    spaced = add_leading_space(train_tokenizer(texts=lines, vocab_size=300))
+    assert plain.tokenize("the film")[0] != "Ġthe"  # the line-initial spelling pretraining never saw
+    for text in ("the film is bad .", "\tthe film", " the film", "a\n  b the", "", "the\nthe"):
+        expected = plain(text if text[:1].isspace() or not text else " " + text)["input_ids"]
+        assert spaced(text)["input_ids"] == expected, text
+    assert spaced.tokenize("the film") == ["Ġthe", "Ġfilm"]
+    assert spaced("the film", return_offsets_mapping=True)["offset_mapping"] == [(0, 3), (3, 8)]
+    before = spaced.backend_tokenizer.to_str()
+    assert add_leading_space(spaced).backend_tokenizer.to_str() == before
+    spaced.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).tokenize("the film") == ["Ġthe", "Ġfilm"]
+    assert spaced.decode(spaced("the film")["input_ids"]) == " the film"
+
+
 def test_special_token_ids_and_layout(mixed_tokenizer):
     assert special_token_ids(mixed_tokenizer) == {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1}
     assert mixed_tokenizer.convert_ids_to_tokens([0, 1, 2, 3, 4, 5]) == [

@@ -499,6 +499,36 @@ def test_layer_lr_decay_gives_each_layer_its_rate_and_resumes(tmp_path, base_mod
     assert not (tmp_path / "bad").exists()
 
 
+def test_leading_space_is_trained_with_and_saved_for_pipelines(tmp_path, base_model, tokenizer):
+    """--leading-space: the examples are encoded as if each started with a space, run.json says so, and the saved
+    tokenizer keeps doing it, so a pipeline on the fine-tuned model reads `text` as the training read ` text`."""
+    from transformers import AutoTokenizer, TrainerCallback, pipeline
+
+    train = _write_jsonl(tmp_path / "train.jsonl", _sentiment_rows(32, 0))
+    validation = _write_jsonl(tmp_path / "validation.jsonl", _sentiment_rows(8, 1))
+    seen = {}
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            seen["ids"] = train_dataloader.dataset[0]["input_ids"]
+
+    out = tmp_path / "out"
+    ft.finetune("classification", base_model, train, validation, str(out), training_args={**QUICK, "max_steps": 2},
+                leading_space=True, callbacks=[Spy()])
+    first = json.loads(Path(train).read_text().splitlines()[0])["sentence"]
+    assert list(seen["ids"]) == tokenizer(" " + first)["input_ids"] != tokenizer(first)["input_ids"]
+    assert json.loads((out / "run.json").read_text())["training"]["leading_space"] is True
+    saved = AutoTokenizer.from_pretrained(out)
+    assert saved(first)["input_ids"] == tokenizer(" " + first)["input_ids"]
+    classifier = pipeline("text-classification", model=str(out), device="cpu")
+    assert classifier(first, top_k=None) == classifier(" " + first, top_k=None)
+    # Without the flag the tokenizer is saved as it came.
+    plain = tmp_path / "plain"
+    ft.finetune("classification", base_model, train, validation, str(plain), training_args={**QUICK, "max_steps": 1})
+    assert AutoTokenizer.from_pretrained(plain)(first)["input_ids"] == tokenizer(first)["input_ids"]
+    assert "leading_space" not in json.loads((plain / "run.json").read_text())["training"]
+
+
 def test_tokens_unseen_in_pretraining_start_with_fresh_embeddings(tmp_path, base_model, tokenizer):
     """--reset-unseen-tokens: the rows of the tokens absent from the given text are redrawn before training starts
     (the special tokens and every seen row as pretrained); run.json says how many; a missing file stops the run
@@ -550,13 +580,14 @@ def test_every_training_argument_is_a_flag():
         "8", "--warmup-steps", "3", "--text-column", "sentence", "--class_names", "neg", "pos", "--lora",
         "--lora-r", "4", "--lora-target-modules", "qkv_proj", "out_proj", "--delimiter", "\\t", "--seed", "7",
         "--config-overrides", "hidden_dropout=0.1", "--reset-unseen-tokens", "a.txt", "b.txt",
-        "--layer-lr-decay", "0.5",
+        "--layer-lr-decay", "0.5", "--leading-space",
     ])
     finetune_args, data_args, lora_args, training_args = split_namespace(args)
     assert finetune_args.task == "classification" and finetune_args.model_name_or_path == "m"
     assert finetune_args.train_file == "t.csv" and finetune_args.validation_file == "v.csv"
     assert finetune_args.config_overrides == "hidden_dropout=0.1"
     assert finetune_args.reset_unseen_tokens == ["a.txt", "b.txt"] and finetune_args.layer_lr_decay == 0.5
+    assert finetune_args.leading_space
     assert training_args.output_dir == "out" and training_args.learning_rate == 1e-3
     assert training_args.num_train_epochs == 2 and training_args.per_device_train_batch_size == 8
     assert training_args.warmup_steps == 3 and training_args.seed == 7

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> None:
         config_overrides=finetune_args.config_overrides,
         reset_unseen_tokens=finetune_args.reset_unseen_tokens,
         layer_lr_decay=finetune_args.layer_lr_decay,
+        leading_space=finetune_args.leading_space,
     )
     shown = ", ".join(f"{name} {value:.4g}" for name, value in result["metrics"].items())
     print(f"{result['task']}: {shown} (validation); saved to {training_args.output_dir}")

@@ -33,6 +33,7 @@ _EXPORTS = {
     "SPLIT_PATTERN": "bpe",
     "SYSTEM": "bpe",
     "USER": "bpe",
+    "add_leading_space": "bpe",
     "build_backend_tokenizer": "bpe",
     "save_tokenizer": "bpe",
     "special_token_ids": "bpe",

@@ -154,6 +154,34 @@ def build_backend_tokenizer():
     return tokenizer
 
 
+# add_leading_space takes its space back from a text that already starts with whitespace: `\A` is the start of the
+# text (`^` would also match after every newline and remove a space inside the text).
+_SPACE_BEFORE_WHITESPACE = r"\A (?=\s)"
+
+
+def add_leading_space(tokenizer):
+    """Make `tokenizer` (a transformers fast tokenizer) read every text as if it started with a space, and return it.
+
+    A byte-level BPE spells a word after a space (`Ġthe`) differently from the same word at the very start of a text
+    (`t`, `he` when the training text had few line-initial words: every line of WikiText starts with a space). A
+    model pretrained on such text has hardly seen the second spelling, and a classifier reads one in every text it
+    is given. The space is added by the tokenizer's normaliser (SentencePiece's "dummy prefix"), so it is saved with
+    the tokenizer and applies wherever it is loaded (pipelines included); offsets still point into the text as given.
+    Text that starts with whitespace, and empty text, are left as they are. Calling it twice changes nothing.
+    Decoding a whole encoded text gives it back with the space in front.
+    """
+    from tokenizers import Regex, normalizers
+
+    backend = tokenizer.backend_tokenizer
+    current = json.loads(backend.to_str()).get("normalizer")
+    steps = (current or {}).get("normalizers", [current] if current else [])
+    if any(step.get("type") == "Prepend" for step in steps):
+        return tokenizer
+    leading = [normalizers.Prepend(" "), normalizers.Replace(Regex(_SPACE_BEFORE_WHITESPACE), "")]
+    backend.normalizer = normalizers.Sequence(([backend.normalizer] if backend.normalizer is not None else []) + leading)
+    return tokenizer
+
+
 def _check_vocab_size(vocab_size: Any, special_tokens: Sequence[str]) -> None:
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
         raise ValueError(f"vocab_size must be an integer, not {vocab_size!r}")
@@ -452,6 +480,7 @@ __all__ = [
     "SPLIT_PATTERN",
     "SYSTEM",
     "USER",
+    "add_leading_space",
     "build_backend_tokenizer",
     "save_tokenizer",
     "special_token_ids",

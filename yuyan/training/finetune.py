@@ -126,6 +126,12 @@ class FinetuneArguments:
         metadata={"help": "model config fields for fine-tuning, as transformers' run_clm spells them: "
                   "hidden_dropout=0.1,classifier_pooling=mean (allowed: " + ", ".join(FINETUNE_CONFIG_FIELDS) + ")"},
     )
+    leading_space: bool = field(
+        default=False,
+        metadata={"help": "read every text as if it started with a space, so that its first word is spelled as "
+                  "inside a text (for a byte-level BPE trained on text whose lines start with a space, as "
+                  "WikiText's do); saved with the tokenizer, so pipelines do the same"},
+    )
     layer_lr_decay: float | None = field(
         default=None,
         metadata={"help": "layer-wise learning-rate decay in (0, 1]: the head trains at --learning_rate, the top "
@@ -489,6 +495,7 @@ def finetune(
     config_overrides: dict[str, Any] | str | None = None,
     reset_unseen_tokens: list[str | os.PathLike] | None = None,
     layer_lr_decay: float | None = None,
+    leading_space: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune `model` (a Yuyan folder or Hub id) for `task` and save it in `output_dir`; returns metrics.json.
 
@@ -502,6 +509,8 @@ def finetune(
     `reset_unseen_tokens`: the text files the model was pretrained on; the tokens that never occur in them get
     fresh embeddings before training (`yuyan.training.unseen_tokens`).
     `layer_lr_decay`: each layer below the head trains at this times the rate of the one above (`layer_lr_scales`).
+    `leading_space`: the tokenizer reads each text as if it started with a space (`yuyan.tokenization.
+    add_leading_space`); the fine-tuned model's tokenizer keeps doing so.
     """
     from transformers import set_seed
 
@@ -518,7 +527,7 @@ def finetune(
     config_overrides = parse_config_overrides(config_overrides)
     check_layer_lr_decay(layer_lr_decay)
     inputs = prepare_inputs(task_spec, model, tokenizer, data_args, train_file, validation_file, test_file,
-                            config_overrides)
+                            config_overrides, leading_space)
     seen = None
     if reset_unseen_tokens:
         from yuyan.training.unseen_tokens import token_counts
@@ -548,6 +557,8 @@ def finetune(
     run = run_record(task_spec, trainer, inputs, data_args, lora_args, targets)
     if layer_lr_decay is not None:
         run.training["layer_lr_decay"] = layer_lr_decay
+    if leading_space:
+        run.training["leading_space"] = True
     if reset_unseen_tokens:
         run.training["reset_unseen_tokens"] = {"files": [str(file) for file in reset_unseen_tokens],
                                                "tokens": len(redrawn)}
@@ -588,7 +599,8 @@ def _training_arguments(training_args: Any, output: Path):
 
 
 def prepare_inputs(task: Task, model: str, tokenizer: str | None, data_args: DataArguments, train_file,
-                   validation_file, test_file, config_overrides: dict[str, Any] | None = None) -> FinetuneInputs:
+                   validation_file, test_file, config_overrides: dict[str, Any] | None = None,
+                   leading_space: bool = False) -> FinetuneInputs:
     """Check the model, load the tokenizer and the data, and let the task's recipe encode the examples."""
     from yuyan.modeling import YuyanConfig
     from yuyan.training.tasks.data import limit, load_table
@@ -599,6 +611,10 @@ def prepare_inputs(task: Task, model: str, tokenizer: str | None, data_args: Dat
         # from_pretrained sets keyword fields without validating them: the config's own check, before any data.
         config.validate_architecture()
     tokenizer_obj = load_tokenizer(tokenizer or model_path)
+    if leading_space:
+        from yuyan.tokenization import add_leading_space
+
+        add_leading_space(tokenizer_obj)
     if len(tokenizer_obj) > config.vocab_size:
         raise ValueError(
             f"the tokenizer has {len(tokenizer_obj)} tokens but the model only {config.vocab_size}: is it the "
