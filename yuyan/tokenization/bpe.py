@@ -175,10 +175,11 @@ def add_leading_space(tokenizer):
     backend = tokenizer.backend_tokenizer
     current = json.loads(backend.to_str()).get("normalizer")
     steps = (current or {}).get("normalizers", [current] if current else [])
-    if any(step.get("type") == "Prepend" for step in steps):
+    if any(step.get("type") == "Prepend" and step.get("prepend") == " " for step in steps):
         return tokenizer
     leading = [normalizers.Prepend(" "), normalizers.Replace(Regex(_SPACE_BEFORE_WHITESPACE), "")]
-    backend.normalizer = normalizers.Sequence(([backend.normalizer] if backend.normalizer is not None else []) + leading)
+    first = [backend.normalizer] if backend.normalizer is not None else []
+    backend.normalizer = normalizers.Sequence(first + leading)
     return tokenizer
 
 

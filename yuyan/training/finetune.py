@@ -33,6 +33,11 @@ a word from its left context only; a QA model reads the question first, then the
 start without seeing the text after it. That is the architecture, not a bug, and it costs accuracy on tagging and
 QA against bidirectional encoders.
 
+`--leading-space` reads every text as if it started with a space (`yuyan.tokenization.add_leading_space`, saved
+with the tokenizer): a byte-level BPE trained on text whose lines start with a space (WikiText) otherwise spells a
+text's first word in pieces the model hardly saw. `--layer-lr-decay D` trains each layer below the head at D times
+the rate of the one above, the embeddings lowest.
+
 Checked before training, as `ValueError`: the model folder is a Yuyan model (config.json with model_type
 "yuyan"), the data columns exist, validation labels are all among the training labels, QA answers lie in their
 contexts at `answer_start`.
