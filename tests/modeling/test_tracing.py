@@ -100,20 +100,6 @@ def test_static_cache_generates_what_the_dynamic_cache_does(stack, settings, one
     torch.testing.assert_close(outputs[1], outputs[0])
 
 
-@pytest.mark.parametrize("stack", ALL_STACKS)
-def test_static_cache_by_hand_gives_the_uncached_logits(stack):
-    """Prefill then one token at a time through a `StaticCache`, against one pass over the whole sequence."""
-    model = generation_model(stack)
-    ids = random_ids(2, 9)
-    cache = StaticCache(config=model.config, max_cache_len=16)
-    with torch.no_grad():
-        steps = [model(input_ids=ids[:, :5], cache=cache, use_cache=True).logits]
-        for i in range(5, 9):
-            steps.append(model(input_ids=ids[:, i : i + 1], cache=cache, use_cache=True).logits)
-        full = model(input_ids=ids, use_cache=False).logits
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
-
-
 def test_attention_stack_exports_to_onnx_and_runs_in_onnxruntime(tmp_path, one_thread):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")

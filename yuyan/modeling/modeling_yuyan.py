@@ -26,10 +26,9 @@ from transformers.cache_utils import (
     Cache,
     DynamicCache,
     LinearAttentionCacheLayerMixin,
-    LinearAttentionLayer,
 )
 from transformers.generation import GenerationMixin
-from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import (
     GenericForQuestionAnswering,
     GenericForSequenceClassification,
@@ -56,41 +55,173 @@ from .configuration_yuyan import YuyanConfig
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class YuyanLSTMCacheLayer(LinearAttentionLayer):
-    """Holds one LSTM layer's (h, c) as a single recurrent state of shape (batch, 2, hidden).
+class YuyanLSTMCacheLayer(LinearAttentionCacheLayerMixin):
+    """Holds one LSTM layer's (h, c) as a single recurrent state of shape (batch, 2, hidden), and counts the tokens
+    read into it.
 
-    Its size does not depend on the sequence length, so an all-LSTM model generates in constant memory. It reuses
-    transformers' linear-attention cache layer (beam reordering, offloading, reset) and adds the bookkeeping that
-    layer leaves to conv states: a stored recurrent state *is* the previous state.
+    Its size does not depend on the sequence length, so an all-LSTM model generates in constant memory. It is a
+    linear-attention cache layer in transformers' sense (the class `Cache` and the mask builders recognise those),
+    but everything it does is its own: transformers' concrete recurrent layer has changed between minor releases.
+
+    Rolling back, for assisted and prompt-lookup decoding: after `activate_past_recording()` the model hands over
+    the state after each of the last positions it reads, and `crop(-n)` puts back the state from `n` tokens ago.
     """
 
+    # Marks this layer for the model, which checks caches by this attribute rather than by class: a process may hold
+    # two copies of this file (the installed package and a folder's remote code), each with its own class.
+    holds_lstm_state = True
+    is_croppable = True
+
+    def __init__(self, **kwargs) -> None:
+        # Keyword arguments meant for attention layers (max_cache_len, ...) do not apply to a recurrent state. The
+        # attributes are set here rather than by the base class, whose constructor has changed between releases;
+        # their names are the ones transformers' `Cache` reads (`has_previous_state`, `record_past`, ...).
+        self.number_of_states = 1
+        self.recurrent_states: dict[int, torch.Tensor | None] = {0: None}
+        self.is_recurrent_states_initialized = {0: False}
+        self.has_previous_state = {0: False}
+        self.conv_states: dict[int, torch.Tensor | None] = {0: None}
+        self.is_conv_states_initialized = {0: False}
+        self.device: torch.device | None = None
+        self.dtype: torch.dtype | None = None
+        # A tensor, changed in place, so that a compiled decode step neither specialises on nor recompiles for it.
+        self.seen_tokens = torch.zeros((), dtype=torch.long)
+        self.record_past = False
+        self.recurrent_states_to_keep: int | None = None
+        self.history: list[torch.Tensor] = []
+
+    # -- the state ------------------------------------------------------------------------------------------------
+
+    def read(self) -> torch.Tensor | None:
+        """The state after the tokens read so far, or None before the first."""
+        return self.recurrent_states[0] if self.has_previous_state[0] else None
+
+    def positions_to_record(self, length: int) -> int:
+        """How many of the next `length` positions must hand over their state: 0 unless recording."""
+        if not self.record_past:
+            return 0
+        keep = self.recurrent_states_to_keep
+        return length if not keep else min(length, keep)
+
+    def store(self, state: torch.Tensor, new_tokens: int, trail: torch.Tensor | None = None) -> None:
+        """Keep `state`, the state after `new_tokens` more tokens. While recording, `trail` (batch, m + 1, 2, hidden)
+        holds the states after each of the last m positions, preceded by the state before them."""
+        buffer = self.recurrent_states[0]
+        if buffer is None or buffer.shape != state.shape or buffer.dtype != state.dtype:
+            self.lazy_initialization(recurrent_states=state)
+        # In place: a compiled decode step (static cache) reads the state from a fixed address.
+        self.recurrent_states[0].copy_(state)
+        self.seen_tokens.add_(new_tokens)
+        self.has_previous_state[0] = True
+        if self.record_past:
+            if trail is None:
+                raise ValueError("the cache is recording past states for rollback, but no trail of states was given")
+            states = list(trail.unbind(1))
+            recorded_whole_chunk = len(states) == new_tokens + 1
+            self.history = self.history + states[1:] if recorded_whole_chunk and self.history else states
+
+    def lazy_initialization(self, conv_states=None, recurrent_states=None, state_idx: int = 0, **kwargs) -> None:
+        if recurrent_states is None:
+            raise ValueError("an LSTM cache layer holds a recurrent state only")
+        self.device, self.dtype = recurrent_states.device, recurrent_states.dtype
+        self.recurrent_states[0] = torch.zeros_like(recurrent_states)
+        self.is_recurrent_states_initialized[0] = True
+        self.seen_tokens = self.seen_tokens.to(self.device)
+
     def update_recurrent_state(self, recurrent_states: torch.Tensor, state_idx: int = 0, **kwargs) -> torch.Tensor:
-        if self.is_recurrent_states_initialized[state_idx] and (
-            self.recurrent_states[state_idx].shape != recurrent_states.shape
-            or self.recurrent_states[state_idx].dtype != recurrent_states.dtype
-        ):
-            # A new batch size (e.g. the cache reused for another prompt batch): start a fresh buffer.
-            self.is_recurrent_states_initialized[state_idx] = False
-        if self.device is None:
-            self.device, self.dtype = recurrent_states.device, recurrent_states.dtype
-        state = super().update_recurrent_state(recurrent_states, state_idx)
-        self.has_previous_state[state_idx] = True
-        return state
+        """`Cache.update_recurrent_state`'s contract: `recurrent_states` is the state after one more token."""
+        trail = None
+        if self.record_past:
+            previous = self.read()
+            previous = torch.zeros_like(recurrent_states) if previous is None else previous
+            trail = torch.stack((previous, recurrent_states), dim=1)
+        self.store(recurrent_states, 1, trail)
+        return self.recurrent_states[0]
+
+    def update_conv_state(self, conv_states: torch.Tensor, state_idx: int = 0, **kwargs) -> torch.Tensor:
+        raise NotImplementedError("an LSTM layer has no convolution state")
+
+    def get_seq_length(self) -> torch.Tensor:
+        return self.seen_tokens
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def offload(self) -> None:
+        if self.is_recurrent_states_initialized[0]:
+            self.recurrent_states[0] = self.recurrent_states[0].to("cpu", non_blocking=True)
+
+    def prefetch(self) -> None:
+        if self.is_recurrent_states_initialized[0] and self.recurrent_states[0].device != self.device:
+            self.recurrent_states[0] = self.recurrent_states[0].to(self.device, non_blocking=True)
+
+    def reset(self) -> None:
+        if self.is_recurrent_states_initialized[0]:
+            self.recurrent_states[0].zero_()
+        self.seen_tokens.zero_()
+        self.has_previous_state[0] = False
+        self.history = []
+
+    # -- batch and beam bookkeeping ---------------------------------------------------------------------------------
 
     @property
     def batch_size(self) -> int:
         state = self.recurrent_states[0]
         return -1 if state is None else state.shape[0]
 
+    def _select(self, pick: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        if self.is_recurrent_states_initialized[0]:
+            self.recurrent_states[0] = pick(self.recurrent_states[0])
+        self.history = [pick(state) for state in self.history]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._select(lambda state: state.index_select(0, beam_idx.to(state.device)))
+
     def batch_repeat_interleave(self, repeats: int) -> None:
-        for i in range(self.number_of_states):
-            if self.is_recurrent_states_initialized[i]:
-                self.recurrent_states[i] = self.recurrent_states[i].repeat_interleave(repeats, dim=0)
+        self._select(lambda state: state.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        for i in range(self.number_of_states):
-            if self.is_recurrent_states_initialized[i]:
-                self.recurrent_states[i] = self.recurrent_states[i][indices, ...]
+        self._select(lambda state: state[indices, ...])
+
+    # -- rolling back -----------------------------------------------------------------------------------------------
+
+    @property
+    def is_compileable(self) -> bool:
+        # The state has a fixed shape and is updated in place; a recorded history is not.
+        return not self.record_past
+
+    def activate_past_recording(self, recurrent_states_to_keep: int | None = None, **kwargs) -> None:
+        """From now on keep the states needed to roll back up to `recurrent_states_to_keep` tokens of one forward
+        (every token of it when not given)."""
+        self.record_past = True
+        self.recurrent_states_to_keep = recurrent_states_to_keep
+        self.history = []
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last `-tokens_to_remove` tokens (transformers' convention: a count to remove is negative), putting
+        back the state from before them; `crop(0)` only drops the recorded history."""
+        if tokens_to_remove > 0:
+            raise ValueError(
+                f"crop({tokens_to_remove}): an LSTM state can only be rolled back by a number of tokens, given as a "
+                "negative count (crop(-n) forgets the last n tokens)"
+            )
+        count = -tokens_to_remove
+        if count == 0:
+            self.history = []
+            return
+        if not self.record_past:
+            raise RuntimeError(
+                "an LSTM state cannot be rolled back unless the cache records its past: call "
+                "`cache.activate_past_recording()` before the forward passes to be undone"
+            )
+        if count >= len(self.history):
+            raise ValueError(
+                f"cannot roll the LSTM state back by {count} tokens: only the last {max(len(self.history) - 1, 0)} "
+                "were recorded (activate_past_recording(recurrent_states_to_keep=...) sets how many)"
+            )
+        self.recurrent_states[0].copy_(self.history[-1 - count])
+        self.seen_tokens.sub_(count)
+        self.history = []
 
 
 # `DynamicCache(config=...)` and `StaticCache` build one cache layer per entry of `config.layer_types`.
@@ -291,7 +422,8 @@ class YuyanLSTM(nn.Module):
         cache: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        previous = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
+        layer_cache = cache.layers[self.layer_idx] if cache is not None else None
+        previous = layer_cache.read() if layer_cache is not None else None
         if previous is not None and previous.shape[0] != hidden_states.shape[0]:
             raise ValueError(
                 f"the cache holds an LSTM state for batch size {previous.shape[0]}, but the input has batch size "
@@ -299,16 +431,21 @@ class YuyanLSTM(nn.Module):
             )
         if previous is not None:
             previous = previous.to(hidden_states.dtype)
-        if hidden_states.shape[1] == 1 and attention_mask is None:
+        mask = attention_mask.bool() if attention_mask is not None else None
+        recorded = layer_cache.positions_to_record(hidden_states.shape[1]) if layer_cache is not None else 0
+        trail = None
+        if recorded:
+            output, state, trail = self._run_recording(hidden_states, mask, previous, recorded)
+        elif hidden_states.shape[1] == 1 and mask is None:
             output, state = self._step(hidden_states, previous)
-        elif attention_mask is None:
+        elif mask is None:
             output, state = self._run(hidden_states, previous)
         elif is_tracing(hidden_states):
-            output, state = self._scan_masked(hidden_states, attention_mask.bool(), previous)
+            output, state = self._scan_masked(hidden_states, mask, previous)
         else:
-            output, state = self._run_masked(hidden_states, attention_mask.bool(), previous)
-        if cache is not None:
-            cache.update_recurrent_state(state, self.layer_idx)
+            output, state = self._run_masked(hidden_states, mask, previous)
+        if layer_cache is not None:
+            layer_cache.store(state, hidden_states.shape[1], trail)
         return self.out_proj(output)
 
     def _initial(self, previous: torch.Tensor | None, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -382,6 +519,34 @@ class YuyanLSTM(nn.Module):
         return torch.stack(outputs, dim=1), torch.stack((h, c), dim=1)
 
 
+    def _run_recording(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, previous: torch.Tensor | None,
+                       recorded: int):
+        """The other paths' output and final state, and also the states after each of the last `recorded`
+        positions, preceded by the state before them: what the cache needs to roll back (assisted decoding). The
+        positions before those run as usual; the recorded ones one cell call each."""
+        head = hidden_states.shape[1] - recorded
+        outputs = []
+        if head > 0:
+            if mask is None:
+                head_output, previous = self._run(hidden_states[:, :head], previous)
+            else:
+                head_output, previous = self._run_masked(hidden_states[:, :head], mask[:, :head], previous)
+            outputs.append(head_output)
+        h, c = self._initial(previous, hidden_states).unbind(1)
+        trail = [torch.stack((h, c), dim=1)]
+        for position in range(head, hidden_states.shape[1]):
+            new_h, new_c = self._cell(hidden_states[:, position], h, c)
+            if mask is None:
+                h, c, output = new_h, new_c, new_h
+            else:
+                real = mask[:, position, None]
+                h, c = torch.where(real, new_h, h), torch.where(real, new_c, c)
+                output = new_h * real.to(new_h.dtype)
+            outputs.append(output.unsqueeze(1))
+            trail.append(torch.stack((h, c), dim=1))
+        return torch.cat(outputs, dim=1), trail[-1], torch.stack(trail, dim=1)
+
+
 class YuyanMLP(nn.Module):
     """Gated MLP (SwiGLU with the default `silu`); gate and up projections fused into one matmul."""
 
@@ -395,6 +560,17 @@ class YuyanMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(self.act_fn(gate) * up)
+
+
+def recurrent_padding_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """The LSTM layers' view of a 2-D padding mask: its last `length` columns (a mask covers the cached tokens too),
+    or None where nothing is padding: no mask, a 4-D (custom) mask, a one-token step (a generated token is never
+    padding), or an all-ones mask outside tracing (a traced graph must not depend on the data)."""
+    if attention_mask is None or attention_mask.dim() != 2 or length == 1:
+        return None
+    if not is_tracing(attention_mask) and bool(attention_mask.all()):
+        return None
+    return attention_mask[:, -length:].contiguous()
 
 
 class YuyanDecoderLayer(GradientCheckpointingLayer):
@@ -520,11 +696,6 @@ class YuyanPreTrainedModel(PreTrainedModel):
 
         return call
 
-    @property
-    def _is_stateful(self) -> bool:
-        # An LSTM state cannot be rolled back to a prefix, which assisted generation needs.
-        return self.config.has_lstm
-
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.LSTM):
             std = self.config.initializer_range
@@ -561,6 +732,7 @@ class YuyanModel(YuyanPreTrainedModel):
         self.has_attention = config.has_attention
         self.has_lstm = config.has_lstm
         self.rotary_emb = YuyanRotaryEmbedding(config) if self.has_attention else None
+        self.first_attention_layer = config.layer_types.index("full_attention") if self.has_attention else None
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -601,7 +773,8 @@ class YuyanModel(YuyanPreTrainedModel):
         position_embeddings = None
         if self.has_attention:
             if position_ids is None:
-                past_seen_tokens = cache.get_seq_length() if cache is not None else 0
+                # Counted on an attention layer: how a recurrent layer reports its length differs between releases.
+                past_seen_tokens = cache.get_seq_length(self.first_attention_layer) if cache is not None else 0
                 position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
                 position_ids = position_ids.unsqueeze(0)
             if prepared is not None and "full_attention" in prepared:
@@ -622,9 +795,7 @@ class YuyanModel(YuyanPreTrainedModel):
                     raise ValueError("attention_mask given as a dict of per-layer-type masks lacks an 'lstm' entry")
                 masks["lstm"] = prepared["lstm"]
             else:
-                masks["lstm"] = create_recurrent_attention_mask(
-                    config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache
-                )
+                masks["lstm"] = recurrent_padding_mask(attention_mask, inputs_embeds.shape[1])
 
         for layer_type, decoder_layer in zip(self.config.layer_types, self.layers):
             hidden_states = decoder_layer(
@@ -660,7 +831,7 @@ class YuyanModel(YuyanPreTrainedModel):
         for layer_idx, layer_type in enumerate(self.config.layer_types):
             if layer_type != "lstm":
                 continue
-            if layer_idx >= len(cache.layers) or not isinstance(cache.layers[layer_idx], LinearAttentionCacheLayerMixin):
+            if layer_idx >= len(cache.layers) or not getattr(cache.layers[layer_idx], "holds_lstm_state", False):
                 raise ValueError(
                     f"layer {layer_idx} is an LSTM layer, but the cache given has no recurrent state for it; "
                     "build the cache with `DynamicCache(config=model.config)`."
@@ -786,7 +957,7 @@ class YuyanForCausalLM(YuyanPreTrainedModel, GenerationMixin):
             if isinstance(module, nn.Linear):
                 names = ("weight",)
             elif isinstance(module, nn.LSTM):
-                names = tuple(name for name in module._flat_weights_names if name.startswith("weight"))
+                names = tuple(name for name, _ in module.named_parameters(recurse=False) if name.startswith("weight"))
             else:
                 continue
             for name in names:
