@@ -16,7 +16,6 @@ from .modeling import (
     YuyanModel,
     YuyanPreTrainedModel,
 )
-from .modeling import LORA_TARGET_MODULES as _LORA_TARGET_MODULES
 from .modeling import modeling_yuyan as _modeling
 
 __version__ = "0.1.0"
@@ -35,23 +34,6 @@ from .pipelines import register_pipelines as _register_pipelines  # noqa: E402
 
 _register_pipelines()
 
-
-def _register_peft_defaults() -> None:
-    """Tell peft which modules LoRA adapts in a Yuyan model, so `LoraConfig()` without `target_modules` works.
-
-    peft looks the default targets up by `model_type` in a dict it owns (and has no public API to extend); Llama's
-    entry is there, ours is added. Skipped where peft is not installed.
-    """
-    try:
-        from peft.utils import constants
-    except Exception:  # not installed, or a peft that does not import with this transformers: nothing to register
-        return
-    mapping = getattr(constants, "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING", None)
-    if isinstance(mapping, dict):
-        mapping.setdefault(YuyanConfig.model_type, list(_LORA_TARGET_MODULES))
-
-
-_register_peft_defaults()
 
 __all__ = [
     "__version__",

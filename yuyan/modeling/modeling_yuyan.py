@@ -5,8 +5,9 @@ self-attention (RoPE, grouped-query, any of transformers' attention kernels) or 
 fused oneDNN / cuDNN kernels run). Attention layers keep keys and values in the cache; LSTM layers keep their
 (h, c) state in the same `transformers.Cache`, as a constant-size recurrent state.
 
-This file imports only torch, transformers and its own configuration: `save_pretrained` copies the two files
-beside the weights so that the folder loads with `trust_remote_code=True` where `yuyan` is not installed.
+This file imports only torch, transformers and its own configuration (and peft where installed, to register the
+default LoRA targets): `save_pretrained` copies the two files beside the weights so that the folder loads with
+`trust_remote_code=True` where `yuyan` is not installed.
 """
 
 from __future__ import annotations
@@ -1120,6 +1121,21 @@ AUTO_CLASS_NAMES = {
     "AutoModelForTokenClassification": "YuyanForTokenClassification",
     "AutoModelForQuestionAnswering": "YuyanForQuestionAnswering",
 }
+
+# The linear layers LoRA adapts by default: attention's fused q/k/v and output projections, the LSTM's output
+# projection (nn.LSTM itself is one fused kernel that LoRA cannot wrap) and the MLP's projections.
+LORA_TARGET_MODULES = ("qkv_proj", "o_proj", "out_proj", "gate_up_proj", "down_proj")
+
+# peft finds LoRA's default targets only by `model_type` in a dict it owns (nothing on the model or its config is
+# read), so `LoraConfig()` without `target_modules` works only once Yuyan's entry is added. It is added here because
+# a folder loaded with `trust_remote_code` runs this file and not the package. peft stays optional: transformers'
+# check of a remote file's imports skips those in a `try`.
+try:
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as _PEFT_LORA_TARGETS
+except Exception:  # not installed, or a peft that does not import with this transformers
+    pass
+else:
+    _PEFT_LORA_TARGETS.setdefault(YuyanConfig.model_type, list(LORA_TARGET_MODULES))
 
 __all__ = [
     "YuyanPreTrainedModel",
