@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -140,11 +141,23 @@ def _check_muon_init_group() -> None:
 
 def _check_lora_target_registry() -> None:
     try:
-        from peft.utils import constants
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
     except ImportError:
         return  # peft is optional at run time; without it there is nothing to register
-    mapping = getattr(constants, "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING", None)
-    assert isinstance(mapping, dict), "peft.utils.constants has no TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING"
+    assert isinstance(mapping, dict), "peft.utils.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING is not a dict"
+    from .modeling import YuyanConfig
+
+    assert YuyanConfig.model_type in mapping, "loading the model file did not add Yuyan's entry"
+
+
+def _check_remote_code_imports() -> None:
+    from transformers.dynamic_module_utils import get_imports
+
+    from .modeling import modeling_yuyan
+
+    needed = set(get_imports(modeling_yuyan.__file__)) - set(sys.stdlib_module_names)
+    assert needed <= {"torch", "transformers"}, (
+        f"a saved folder's model file would require {sorted(needed - {'torch', 'transformers'})} to be installed")
 
 
 # Class attributes that transformers reads off a model class to decide what it supports.
@@ -218,9 +231,14 @@ INTERNALS: list[Internal] = [
              "the files upload_folder leaves out by default (.git/, .cache/huggingface/), so that the list of files "
              "Yuyan reports is the list it uploads",
              _exists("huggingface_hub.utils._paths.DEFAULT_IGNORE_PATTERNS")),
-    Internal("peft.utils.constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING", "yuyan/__init__.py",
-             "peft's default LoRA targets by model_type; Yuyan adds its own so LoraConfig() needs no target_modules",
+    Internal("peft.utils.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING", _MODEL,
+             "peft looks LoRA's default targets up by model_type in this dict; the model file adds Yuyan's, so "
+             "LoraConfig() needs no target_modules, with or without the package installed",
              _check_lora_target_registry),
+    Internal("transformers.dynamic_module_utils.get_imports", _MODEL,
+             "the imports a remote-code file requires skip those inside a `try`, so the model file's guarded peft "
+             "import leaves peft optional for a folder loaded with trust_remote_code",
+             _check_remote_code_imports),
 ]
 
 
