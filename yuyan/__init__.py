@@ -7,6 +7,7 @@ Importing `yuyan` registers the model with transformers' Auto classes, so a save
 import transformers
 
 from .modeling import (
+    AUTO_MAP,
     PRESETS,
     YuyanConfig,
     YuyanForCausalLM,
@@ -24,8 +25,10 @@ transformers.AutoConfig.register(YuyanConfig.model_type, YuyanConfig, exist_ok=T
 # `register_for_auto_class` makes `save_pretrained` write `auto_map` and copy the configuration and modeling files,
 # so the folder also loads with `trust_remote_code=True` where yuyan is not installed.
 YuyanConfig.register_for_auto_class()
-for _auto_name, _class_name in _modeling.AUTO_CLASS_NAMES.items():
-    _model_class = getattr(_modeling, _class_name)
+for _auto_name, _reference in AUTO_MAP.items():
+    if _auto_name == "AutoConfig":
+        continue
+    _model_class = getattr(_modeling, _reference.rpartition(".")[2])
     getattr(transformers, _auto_name).register(YuyanConfig, _model_class, exist_ok=True)
     _model_class.register_for_auto_class(_auto_name)
 

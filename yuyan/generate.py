@@ -1,4 +1,4 @@
-"""Decoding behind `yuyan generate` (issue #7; its command line is `yuyan/cli/generate.py`).
+"""Decoding behind `yuyan generate` (its command line is `yuyan/cli/generate.py`).
 
 Everything goes through transformers' own machinery: the folder's `generation_config.json` is the starting
 `transformers.GenerationConfig`, each flag the user gives overrides one field of it, `--stop` becomes
@@ -25,10 +25,11 @@ The same from Python:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -51,6 +52,65 @@ GENERATION_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("num_beams", int, "beams for beam search (1: no beam search)"),
     ("num_return_sequences", int, "completions returned per prompt"),
 )
+
+
+# Below this many new tokens the two weight copies of `decode_layout` cost more than its faster steps win back
+# (bench/throughput.py measures both sides; BENCHMARKS.md has the figures).
+DECODE_LAYOUT_MIN_NEW_TOKENS = 32
+
+
+@contextlib.contextmanager
+def decode_layout(model) -> Iterator[None]:
+    """Within this block, each projection weight of `model` is stored transposed in memory, for one-token decoding.
+
+    A decode step multiplies one row per sequence by every weight. `F.linear(x, W)` computes `x @ W.T`, and the CPU
+    BLAS streams a batch-1 product faster when `W.T` is the contiguous one. Only the strides change: shapes, values,
+    parameter objects and tying stay, results are identical. The layout is undone on exit, so that nothing outside
+    the block (saving, which needs contiguous tensors; optimisers; adapters) ever sees it. Off the CPU, or while
+    training, it does nothing.
+    """
+    import torch
+
+    changed = []
+    # The copies are made outside inference mode even inside it: a parameter holding an inference tensor could
+    # never be trained again.
+    if not model.training and model.device.type == "cpu":
+        with torch.inference_mode(False), torch.no_grad():
+            for weight in _projection_weights(model):
+                weight.data = weight.data.t().contiguous().t()
+                changed.append(weight)
+    try:
+        yield
+    finally:
+        with torch.inference_mode(False), torch.no_grad():
+            for weight in changed:
+                weight.data = weight.data.contiguous()
+
+
+def _projection_weights(model) -> list:
+    """The contiguous 2-D float weights that decoding multiplies by: linear layers (the head included) and the LSTM
+    matrices, each once."""
+    from torch import nn
+
+    found = {}
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            names = ("weight",)
+        elif isinstance(module, nn.LSTM):
+            names = tuple(name for name, _ in module.named_parameters(recurse=False) if name.startswith("weight"))
+        else:
+            continue
+        for name in names:
+            weight = getattr(module, name)
+            if (
+                type(weight) is nn.Parameter  # not a distributed or quantised tensor subclass
+                and weight.dim() == 2
+                and weight.dtype.is_floating_point
+                and weight.is_contiguous()
+                and min(weight.shape) > 1
+            ):
+                found[id(weight)] = weight
+    return list(found.values())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -341,9 +401,11 @@ def _generate_batch(model, tokenizer, batch: list[list[int]], config, streamer):
             sizes.append(cache_nbytes(cache))
 
     hook = model.register_forward_hook(record)
+    long_enough = (config.max_new_tokens or 0) >= DECODE_LAYOUT_MIN_NEW_TOKENS
+    layout = decode_layout(model) if long_enough else contextlib.nullcontext()
     began = time.perf_counter()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), layout:
             output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                     tokenizer=tokenizer, streamer=streamer)
     except ValueError as error:

@@ -146,6 +146,32 @@ def cpu_has_native_bfloat16() -> bool:
     return True if check is None else bool(check())
 
 
+class YuyanCheckpointMismatchError(ValueError, RuntimeError):
+    """A checkpoint whose tensors do not fit the model. A `ValueError` (the message says what is wrong), and also
+    the `RuntimeError` that transformers raises for mismatched shapes, so code written against transformers'
+    contract (`except RuntimeError`) still catches it."""
+
+
+def load_pretrained(model_class, source, **kwargs):
+    """`model_class.from_pretrained(source, **kwargs)`, with a clear error for a checkpoint whose shapes do not fit.
+
+    As transformers promises, weights the checkpoint lacks (a new layer, a new head) are initialised and named in
+    the load report that transformers logs. Weights whose shapes differ from the config stop the load, as in
+    transformers, here with a `YuyanCheckpointMismatchError` saying what is wrong; `ignore_mismatched_sizes=True`
+    re-initialises them instead.
+    """
+    try:
+        return model_class.from_pretrained(source, **kwargs)
+    except RuntimeError as error:
+        if "ignore_mismatched_sizes" not in str(error):
+            raise
+        raise YuyanCheckpointMismatchError(
+            f"the checkpoint at {source} has tensors whose shapes do not fit this configuration (the load report "
+            "above lists them, checkpoint vs model): is it a checkpoint of another size, or the wrong config? Pass "
+            "ignore_mismatched_sizes=True to re-initialise them."
+        ) from None
+
+
 def load_model_and_tokenizer(
     name_or_path: str | os.PathLike,
     *,
@@ -187,7 +213,7 @@ def load_model_and_tokenizer(
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(source)
-            model = model_class.from_pretrained(source, **kwargs)
+            model = load_pretrained(model_class, source, **kwargs)
     except (OSError, ValueError) as error:
         if folder is not None:
             raise ValueError(f"cannot load the model in {name_or_path}: {one_line(error)}") from None

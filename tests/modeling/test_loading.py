@@ -142,9 +142,17 @@ def test_remote_code_loading_without_yuyan_gives_the_same_logits(tmp_path, stack
 
 
 def test_mismatched_shapes_fail_with_a_clear_message(tmp_path):
+    from yuyan.loading import YuyanCheckpointMismatchError, load_pretrained
+
     YuyanForCausalLM(tiny_config("hybrid")).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="shapes do not fit this configuration"):
-        YuyanForCausalLM.from_pretrained(tmp_path, config=tiny_config("hybrid", hidden_size=64))
+    other_size = tiny_config("hybrid", hidden_size=64)
+    # transformers' contract, from the model class itself; the package's loader says what is wrong.
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        YuyanForCausalLM.from_pretrained(tmp_path, config=other_size)
+    with pytest.raises(YuyanCheckpointMismatchError, match="shapes do not fit this configuration"):
+        load_pretrained(YuyanForCausalLM, tmp_path, config=other_size)
+    assert isinstance(load_pretrained(YuyanForCausalLM, tmp_path, config=other_size, ignore_mismatched_sizes=True),
+                      YuyanForCausalLM)
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
@@ -340,3 +348,21 @@ def test_layer_types_is_an_alias_that_the_caches_read():
         YuyanConfig(num_hidden_layers=1, mixer_types=["lstm"], layer_types=["full_attention"])
     mixed = YuyanConfig.from_preset("tiny-lstm", layer_types=["lstm", "full_attention"], num_hidden_layers=2)
     assert mixed.mixer_types == ["lstm", "full_attention"] and mixed.has_attention
+
+
+def test_the_saved_model_file_carries_the_model_only():
+    """The code every saved folder ships overrides none of transformers' loading, saving or decoding entry points:
+    policy (clearer errors, decode speed-ups) lives in the yuyan package, which remote-code users never run."""
+    import ast
+
+    from yuyan.modeling import modeling_yuyan
+
+    tree = ast.parse(open(modeling_yuyan.__file__, encoding="utf-8").read())
+    overridden = sorted(
+        f"{node.name}.{item.name}"
+        for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+        for item in node.body
+        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and item.name in {"generate", "from_pretrained", "save_pretrained"}
+    )
+    assert overridden == []

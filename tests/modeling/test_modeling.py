@@ -229,38 +229,6 @@ def test_sequence_classification_mean_pooling_reads_every_real_token_and_no_padd
 
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
-@pytest.mark.parametrize("pooling", ["last", "mean"])
-@pytest.mark.parametrize("reading", ["once_eos", "twice"])
-def test_sequence_classification_rereading_pools_the_text_as_laid_out(stack, pooling, reading):
-    model = build(stack, YuyanForSequenceClassification, num_labels=3, classifier_pooling=pooling,
-                  classifier_reading=reading)
-    rows = [random_ids(1, 6, seed=1)[0], random_ids(1, 4, seed=2)[0]]
-    expected = []
-    eos = torch.tensor([EOS])
-    for row in rows:  # the model run by hand on `row <eos>` or `row <eos> row`, pooled over what follows the first row
-        laid_out = torch.cat([row, eos] if reading == "once_eos" else [row, eos, row])
-        states = model.model(laid_out[None]).last_hidden_state[0]
-        pooled = states if reading == "once_eos" else states[len(row) + 1:]
-        expected.append(model.score(pooled[-1] if pooling == "last" else pooled.mean(0)))
-    expected = torch.stack(expected)
-    ids, mask = assert_classifies_padded_rows(model, rows, expected, embeddings=True)
-    torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=1e-5)  # padding found from pad_token_id
-    once = build(stack, YuyanForSequenceClassification, num_labels=3, classifier_pooling=pooling)  # same weights
-    assert not torch.allclose(once(ids, attention_mask=mask).logits, expected, atol=1e-3)
-    with pytest.raises(ValueError, match="without cache or position_ids"):
-        model(ids, position_ids=torch.arange(6)[None].expand(2, -1))
-
-
-@pytest.mark.parametrize("stack", ALL_STACKS)
-def test_classifier_reading_is_checked(stack):
-    with pytest.raises(ValueError, match=r"classifier_reading='thrice' is unknown; allowed: \['once', 'once_eos', "):
-        tiny_config(stack, classifier_reading="thrice")
-    with pytest.raises(ValueError, match=r"classifier_reading='twice' needs the end-of-text token"):
-        tiny_config(stack, classifier_reading="twice", eos_token_id=None)
-    assert tiny_config(stack, eos_token_id=None).classifier_reading == "once"
-
-
-@pytest.mark.parametrize("stack", ALL_STACKS)
 def test_token_classification_head(stack):
     model = build(stack, YuyanForTokenClassification, num_labels=5)
     ids = random_ids(2, 6)

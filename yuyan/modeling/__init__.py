@@ -1,6 +1,6 @@
 """The Yuyan model: configuration and the single modeling file."""
 
-from .configuration_yuyan import CLASSIFIER_POOLINGS, CLASSIFIER_READINGS, LAYER_TYPES, PRESETS, YuyanConfig
+from .configuration_yuyan import AUTO_MAP, CLASSIFIER_POOLINGS, LAYER_TYPES, PRESETS, YuyanConfig
 from .modeling_yuyan import (
     LORA_TARGET_MODULES,
     YuyanForCausalLM,
@@ -13,7 +13,7 @@ from .modeling_yuyan import (
 
 __all__ = [
     "CLASSIFIER_POOLINGS",
-    "CLASSIFIER_READINGS",
+    "AUTO_MAP",
     "LAYER_TYPES",
     "LORA_TARGET_MODULES",
     "PRESETS",

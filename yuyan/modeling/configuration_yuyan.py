@@ -15,7 +15,16 @@ from transformers.modeling_rope_utils import RopeParameters
 
 LAYER_TYPES = ("full_attention", "lstm")
 CLASSIFIER_POOLINGS = ("last", "mean")
-CLASSIFIER_READINGS = ("once", "once_eos", "twice")
+# The Auto classes a saved folder's code serves, written to config.json's `auto_map`: with `trust_remote_code=True`
+# a saved language model also loads as a classifier, a tagger or a question-answering model.
+AUTO_MAP = {
+    "AutoConfig": "configuration_yuyan.YuyanConfig",
+    "AutoModel": "modeling_yuyan.YuyanModel",
+    "AutoModelForCausalLM": "modeling_yuyan.YuyanForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_yuyan.YuyanForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_yuyan.YuyanForTokenClassification",
+    "AutoModelForQuestionAnswering": "modeling_yuyan.YuyanForQuestionAnswering",
+}
 
 # Named architectures. Sizes count tied embeddings once; `yuyan info` prints the exact figures.
 _ALTERNATING = "alternating"  # hybrid stacks: lstm, attention, lstm, attention, ...
@@ -91,11 +100,6 @@ class YuyanConfig(PreTrainedConfig):
         tie_word_embeddings: share the input embedding with the output projection.
         classifier_pooling: how `YuyanForSequenceClassification` reads a sequence: `"last"`, the hidden state of
             its last real token (transformers' decoder heads), or `"mean"`, the average over its real tokens.
-        classifier_reading: what `YuyanForSequenceClassification` reads of each text: `"once"`, the text as given;
-            `"once_eos"`, the text and the end-of-text token, so that the `"last"` head always reads the same token
-            (GPT's extract token) whether a text ends in a word or in punctuation; `"twice"`, the text, the
-            end-of-text token and the text again, pooling the second reading only, whose every state has seen the
-            whole text (a causal model otherwise pools states that saw only a prefix; twice the tokens per text).
 
     Example:
 
@@ -137,7 +141,6 @@ class YuyanConfig(PreTrainedConfig):
     # The 5.x base config no longer declares these; an undeclared `tie_word_embeddings` would silently untie.
     tie_word_embeddings: bool = True
     classifier_pooling: str = "last"
-    classifier_reading: str = "once"
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -167,6 +170,8 @@ class YuyanConfig(PreTrainedConfig):
                 )
             self.head_dim = self.hidden_size // self.num_attention_heads
         super().__post_init__(**kwargs)
+        # Every head, also where the folder's config.json (written before they were all listed) names fewer.
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         # @strict runs the validate_* methods too, but wraps their errors in its own exception type; running them
         # here first gives users the plain ValueError that transformers configs raise.
         self.validate_layer_type()
@@ -205,12 +210,6 @@ class YuyanConfig(PreTrainedConfig):
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(f"classifier_pooling={self.classifier_pooling!r} is unknown; allowed: "
                              f"{list(CLASSIFIER_POOLINGS)}.")
-        if self.classifier_reading not in CLASSIFIER_READINGS:
-            raise ValueError(f"classifier_reading={self.classifier_reading!r} is unknown; allowed: "
-                             f"{list(CLASSIFIER_READINGS)}.")
-        if self.classifier_reading != "once" and self.eos_token_id is None:
-            raise ValueError(f"classifier_reading={self.classifier_reading!r} needs the end-of-text token: set "
-                             "eos_token_id, or read the text once.")
         from transformers.activations import ACT2FN
 
         if self.hidden_act not in ACT2FN:
@@ -291,13 +290,6 @@ class YuyanConfig(PreTrainedConfig):
     @property
     def num_attention_layers(self) -> int:
         return sum(t == "full_attention" for t in self.mixer_types)
-
-    @property
-    def classifier_layout(self) -> tuple[int, bool]:
-        """How `classifier_reading` lays a text out: the copies of the text (end-of-text tokens between them), and
-        whether an end-of-text token closes the last copy. A text of L tokens takes `copies * (L + 1) - (0 if closed
-        else 1)` positions."""
-        return (2 if self.classifier_reading == "twice" else 1), self.classifier_reading.endswith("_eos")
 
     def stack_summary(self) -> str:
         """`4 x full_attention`, or the layer types spelled out for a mixed stack."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -624,12 +623,6 @@ class YuyanDecoderLayer(GradientCheckpointingLayer):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class YuyanCheckpointMismatchError(ValueError, RuntimeError):
-    """A checkpoint whose tensors do not fit the model. A `ValueError` (the message says what is wrong), and also
-    the `RuntimeError` that transformers raises for mismatched shapes, so code written against transformers'
-    contract (`except RuntimeError`) still catches it."""
-
-
 class YuyanPreTrainedModel(PreTrainedModel):
     config: YuyanConfig
     config_class = YuyanConfig
@@ -648,37 +641,6 @@ class YuyanPreTrainedModel(PreTrainedModel):
         "hidden_states": YuyanDecoderLayer,
         "attentions": YuyanAttention,
     }
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, with a clearer error for a checkpoint whose shapes do not fit.
-
-        As transformers promises, weights the checkpoint lacks (a new layer, a new head, a checkpoint loaded in
-        stages) are initialised and named in the load report that transformers logs, and in the `missing_keys` of
-        `output_loading_info=True`. Weights whose shapes differ from the config stop the load, as in
-        transformers, with a `YuyanCheckpointMismatchError` (a `ValueError` and a `RuntimeError`) saying what is
-        wrong; `ignore_mismatched_sizes=True` re-initialises them instead.
-        """
-        try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        except RuntimeError as error:
-            if "ignore_mismatched_sizes" not in str(error):
-                raise
-            raise YuyanCheckpointMismatchError(
-                f"the checkpoint at {pretrained_model_name_or_path} has tensors whose shapes do not fit this "
-                "configuration (the load report above lists them, checkpoint vs model): is it a checkpoint of "
-                "another size, or the wrong config? Pass ignore_mismatched_sizes=True to re-initialise them."
-            ) from None
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`; with the code copied for remote loading, every head is listed in
-        `auto_map`, so a saved language model also loads as a classifier, tagger or QA model with
-        `trust_remote_code=True`."""
-        if getattr(type(self), "_auto_class", None) is not None:
-            module = self.__class__.__module__.rsplit(".", 1)[-1]
-            heads = {auto: f"{module}.{name}" for auto, name in AUTO_CLASS_NAMES.items()}
-            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **heads}
-        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_compiled_call(self, compile_config):
         """transformers' compiled decode step; with LSTM layers, compiled with Dynamo's RNN support switched on.
@@ -910,70 +872,6 @@ class YuyanForCausalLM(YuyanPreTrainedModel, GenerationMixin):
         )
 
 
-    # Below this many new tokens the two weight copies of `decode_layout` cost more than the faster steps win back
-    # (measured at d 256, batch 1: 1.28x slower at 8 tokens, even at ~30, 0.78x the time at 128).
-    DECODE_LAYOUT_MIN_NEW_TOKENS = 32
-
-    def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate` (every strategy, streaming, beams), with the weights in `decode_layout`
-        when the call asks for at least `DECODE_LAYOUT_MIN_NEW_TOKENS` new tokens."""
-        config = kwargs.get("generation_config") or self.generation_config
-        new_tokens = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
-        if new_tokens is None or new_tokens < self.DECODE_LAYOUT_MIN_NEW_TOKENS:
-            return super().generate(*args, **kwargs)
-        with self.decode_layout():
-            return super().generate(*args, **kwargs)
-
-    @contextmanager
-    def decode_layout(self):
-        """Within this block, each projection weight is stored transposed in memory, for one-token decoding.
-
-        A decode step multiplies one row per sequence by every weight. `F.linear(x, W)` computes `x @ W.T`, and
-        the CPU BLAS streams a batch-1 product ~1.3-1.7x faster when `W.T` is the contiguous one (measured at
-        d 256 with the weights out of cache). Only the strides change: shapes, values, parameter objects and
-        tying stay, results are identical. The layout is undone on exit, so that nothing outside `generate`
-        (saving, which needs contiguous tensors; optimisers; adapters) ever sees it; the two copies cost a few
-        milliseconds per call. Off the CPU, or while training, it does nothing.
-        """
-        changed = []
-        # The copies are made outside inference mode even when `generate` is called inside it: a parameter
-        # holding an inference tensor could never be trained again.
-        if not self.training and self.device.type == "cpu":
-            with torch.inference_mode(False), torch.no_grad():
-                for weight in self._projection_weights():
-                    weight.data = weight.data.t().contiguous().t()
-                    changed.append(weight)
-        try:
-            yield self
-        finally:
-            with torch.inference_mode(False), torch.no_grad():
-                for weight in changed:
-                    weight.data = weight.data.contiguous()
-
-    def _projection_weights(self) -> list[nn.Parameter]:
-        """The contiguous 2-D float weights that decoding multiplies by: linear layers (the head included) and the
-        LSTM matrices, each once."""
-        found: dict[int, nn.Parameter] = {}
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                names = ("weight",)
-            elif isinstance(module, nn.LSTM):
-                names = tuple(name for name, _ in module.named_parameters(recurse=False) if name.startswith("weight"))
-            else:
-                continue
-            for name in names:
-                weight = getattr(module, name)
-                if (
-                    type(weight) is nn.Parameter  # not a distributed or quantised tensor subclass
-                    and weight.dim() == 2
-                    and weight.dtype.is_floating_point
-                    and weight.is_contiguous()
-                    and min(weight.shape) > 1
-                ):
-                    found[id(weight)] = weight
-        return list(found.values())
-
-
 def _accept_cache_params(forward: Callable) -> Callable:
     """A generic head's `forward` that also takes the deprecated `cache_params`. The generic heads pass `cache=`
     to the backbone explicitly, so a `cache_params` left in **kwargs would reach it beside `cache=None` and the
@@ -989,9 +887,7 @@ def _build_backbone(head: PreTrainedModel, config: YuyanConfig) -> None:
 
 class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreTrainedModel):
     """Classification from the hidden state of each row's last real token (`config.classifier_pooling="last"`, as
-    transformers' decoder heads read a sequence), or from the average of its real tokens' states (`"mean"`). With
-    `config.classifier_reading="once_eos"` the model reads `text <eos>`, with `"twice"` `text <eos> text` and pools
-    the second reading only."""
+    transformers' decoder heads read a sequence), or from the average of its real tokens' states (`"mean"`)."""
 
     def __init__(self, config: YuyanConfig):
         _build_backbone(self, config)
@@ -1013,8 +909,7 @@ class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreT
         use_cache: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast:
-        reread = self.config.classifier_reading != "once"
-        if self.config.classifier_pooling == "last" and not reread:
+        if self.config.classifier_pooling == "last":
             return GenericForSequenceClassification.forward(
                 self, input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                 inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache, **kwargs
@@ -1027,27 +922,15 @@ class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreT
             real = input_ids != self.config.pad_token_id
         else:
             real = torch.ones(reference.shape[:2], dtype=torch.bool, device=reference.device)
-        if reread:
-            if cache is not None or position_ids is not None:
-                raise ValueError(f"classifier_reading={self.config.classifier_reading!r} builds its own sequence and "
-                                 "positions: call the model without cache or position_ids")
-            input_ids, inputs_embeds, real, pooled_positions = self._reread(input_ids, inputs_embeds, real)
-            attention_mask, use_cache = real.long(), False
-        else:
-            # With a cache the mask also covers the tokens read by earlier calls; the mean is over this call's.
-            real = real[:, -reference.shape[1]:]
-            pooled_positions = real
+        # With a cache the mask also covers the tokens read by earlier calls; the mean is over this call's.
+        real = real[:, -reference.shape[1]:]
         outputs: BaseModelOutputWithPast = self.model(
             input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs
         )
         hidden_states = outputs.last_hidden_state
-        if self.config.classifier_pooling == "mean":
-            weights = pooled_positions.to(hidden_states.dtype)
-            pooled = (hidden_states * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
-        else:  # the last pooled position of each row (the re-read rows are right-padded)
-            last = (pooled_positions.cumsum(1) == pooled_positions.sum(1, keepdim=True)).int().argmax(1)
-            pooled = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
+        weights = real.to(hidden_states.dtype)
+        pooled = (hidden_states * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
         pooled_logits = self.score(pooled)
         loss = None
         if labels is not None:
@@ -1057,35 +940,6 @@ class YuyanForSequenceClassification(GenericForSequenceClassification, YuyanPreT
             loss=loss, logits=pooled_logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-
-    def _reread(self, input_ids, inputs_embeds, real):
-        """Each row laid out as `config.classifier_reading` says (`text <eos>`, or `text <eos> text`), right-padded,
-        whatever the input's padding side. Returns the new input ids or embeddings, the mask of real tokens and that
-        of the pooled ones (the last copy of the text, and the closing end-of-text token)."""
-        eos = self.config.eos_token_id
-        eos = eos[0] if isinstance(eos, (list, tuple)) else eos
-        copies, closed = self.config.classifier_layout
-        lengths = real.sum(1, keepdim=True)
-        # A copy of the text takes `lengths + 1` positions with the end-of-text token after it; the last one's token
-        # is there only when the reading is closed.
-        used = copies * (lengths + 1) - (0 if closed else 1)
-        width = int(used.max().item()) if real.numel() else 1
-        positions = torch.arange(width, device=real.device).unsqueeze(0)
-        copy, offset = positions // (lengths + 1), positions % (lengths + 1)
-        read = positions < used
-        is_eos = read & (offset == lengths)
-        pooled = read & (copy == copies - 1)
-        # The row's real tokens in order, first: a stable sort puts the padding (True) after them.
-        order = torch.sort((~real).to(torch.int8), dim=1, stable=True).indices
-        source = order.gather(1, offset.clamp(0, max(real.shape[1] - 1, 0)))
-        if input_ids is not None:
-            laid_out = input_ids.gather(1, source).masked_fill(is_eos, eos)
-            pad = self.config.pad_token_id if self.config.pad_token_id is not None else eos
-            return laid_out.masked_fill(~read, pad), None, read, pooled
-        laid_out = inputs_embeds.gather(1, source.unsqueeze(-1).expand(-1, -1, inputs_embeds.shape[-1]))
-        eos_embedding = self.get_input_embeddings()(torch.tensor(eos, device=laid_out.device)).to(laid_out.dtype)
-        laid_out = torch.where(is_eos.unsqueeze(-1), eos_embedding, laid_out)
-        return None, laid_out * read.unsqueeze(-1).to(laid_out.dtype), read, pooled
 
 
 class YuyanForTokenClassification(GenericForTokenClassification, YuyanPreTrainedModel):
@@ -1113,15 +967,6 @@ class YuyanForQuestionAnswering(GenericForQuestionAnswering, YuyanPreTrainedMode
     forward = _accept_cache_params(GenericForQuestionAnswering.forward)
 
 
-# Auto class -> model class, for `auto_map` in saved configs (the package registers the same pairs).
-AUTO_CLASS_NAMES = {
-    "AutoModel": "YuyanModel",
-    "AutoModelForCausalLM": "YuyanForCausalLM",
-    "AutoModelForSequenceClassification": "YuyanForSequenceClassification",
-    "AutoModelForTokenClassification": "YuyanForTokenClassification",
-    "AutoModelForQuestionAnswering": "YuyanForQuestionAnswering",
-}
-
 # The linear layers LoRA adapts by default: attention's fused q/k/v and output projections, the LSTM's output
 # projection (nn.LSTM itself is one fused kernel that LoRA cannot wrap) and the MLP's projections.
 LORA_TARGET_MODULES = ("qkv_proj", "o_proj", "out_proj", "gate_up_proj", "down_proj")
@@ -1145,5 +990,4 @@ __all__ = [
     "YuyanForTokenClassification",
     "YuyanForQuestionAnswering",
     "YuyanLSTMCacheLayer",
-    "YuyanCheckpointMismatchError",
 ]
