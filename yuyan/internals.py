@@ -123,6 +123,14 @@ def _check_model_class_flags() -> None:
         assert hasattr(PreTrainedModel, flag), f"PreTrainedModel no longer declares {flag}"
 
 
+def _check_scan() -> None:
+    import torch
+    from torch._higher_order_ops.scan import scan
+
+    carry, outputs = scan(lambda total, x: (total + x, total + x), torch.zeros(2), torch.ones(3, 2), dim=0)
+    assert torch.equal(carry, torch.full((2,), 3.0)) and outputs.shape == (3, 2), (carry, outputs.shape)
+
+
 def _check_optimizer_hook_attributes() -> None:
     import torch
 
@@ -220,6 +228,9 @@ INTERNALS: list[Internal] = [
     Internal("torch._dynamo.config.allow_rnn", _MODEL,
              "Dynamo compiles through an nn.LSTM module only with this flag set",
              lambda: _resolve("torch._dynamo.config").allow_rnn),
+    Internal("torch._higher_order_ops.scan.scan", _MODEL,
+             "a traced loop whose trip count stays symbolic: torch.export with a dynamic sequence length runs the "
+             "LSTM through it (torch has no public scan)", _check_scan),
     Internal("torch.optim.Optimizer hook attributes (" + ", ".join(_OPTIMIZER_HOOK_ATTRIBUTES) + ")",
              "yuyan/training/pretrain.py (CombinedOptimizer)",
              "an optimizer built without Optimizer.__init__ must set the attributes that step/state_dict hooks read",

@@ -16,6 +16,17 @@ from model_helpers import STACKS, VOCAB, generation_model, random_ids
 ALL_STACKS = sorted(STACKS)
 
 
+class LogitsOnly(torch.nn.Module):
+    """The language model as an exported graph sees it: ids and mask in, logits out (no cache object)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+
 def compile_config(backend: str = "eager") -> CompileConfig:
     config = CompileConfig(fullgraph=True, dynamic=False, backend=backend, mode="default")
     # transformers compiles automatically on accelerators only; this flag asks for it on the CPU too.
@@ -44,6 +55,35 @@ def test_torch_export_gives_the_eager_logits(stack, one_thread):
             program.module()(input_ids=other, attention_mask=padded, use_cache=False).logits,
             model(input_ids=other, attention_mask=padded, use_cache=False).logits,
         )
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+@pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "padded-mask"])
+def test_torch_export_with_dynamic_batch_and_length_gives_the_eager_logits(stack, masked, one_thread):
+    """One program, traced at batch 2 and length 7, runs other batch sizes and lengths: LSTM layers must not
+    unroll their loop over the traced length (that fails export with 'Constraints violated')."""
+    model = LogitsOnly(generation_model(stack))
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    ids = random_ids(2, 7)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    args, dynamic_shapes = ((ids, mask), ({0: batch, 1: length},) * 2) if masked else ((ids,), ({0: batch, 1: length},))
+    with torch.no_grad():
+        program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes, strict=False)
+    for rows, positions, padding in ((3, 3, (2, 0, 1)), (2, 11, (0, 6)), (2, 7, (3, 0))):
+        other = random_ids(rows, positions, seed=positions)
+        if masked:
+            mask = torch.ones_like(other)
+            for row, pads in enumerate(padding):
+                mask[row, :pads] = 0  # left padding
+            inputs = (other, mask)
+        else:
+            inputs = (other,)
+        with torch.no_grad():
+            expected = model(*inputs)
+            exported = program.module()(*inputs)
+        assert exported.shape == (rows, positions, VOCAB)
+        torch.testing.assert_close(exported, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_out_of_vocabulary_ids_still_raise_in_eager_mode():
@@ -103,16 +143,6 @@ def test_static_cache_generates_what_the_dynamic_cache_does(stack, settings, one
 def test_attention_stack_exports_to_onnx_and_runs_in_onnxruntime(tmp_path, one_thread):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
-
-    class LogitsOnly(torch.nn.Module):
-        """The language model as ONNX sees it: ids and mask in, logits out (no cache object)."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     model = generation_model("attention")
     ids = random_ids(2, 7)

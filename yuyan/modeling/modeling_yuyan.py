@@ -434,7 +434,10 @@ class YuyanLSTM(nn.Module):
         mask = attention_mask.bool() if attention_mask is not None else None
         recorded = layer_cache.positions_to_record(hidden_states.shape[1]) if layer_cache is not None else 0
         trail = None
-        if recorded:
+        if isinstance(hidden_states.shape[1], torch.SymInt):
+            # Checked first so that no branch below compares the symbolic length with a number.
+            output, state = self._scan_symbolic(hidden_states, mask, previous)
+        elif recorded:
             output, state, trail = self._run_recording(hidden_states, mask, previous, recorded)
         elif hidden_states.shape[1] == 1 and mask is None:
             output, state = self._step(hidden_states, previous)
@@ -512,12 +515,28 @@ class YuyanLSTM(nn.Module):
         h, c = self._initial(previous, hidden_states).unbind(1)
         outputs = []
         for position in range(hidden_states.shape[1]):
-            new_h, new_c = self._cell(hidden_states[:, position], h, c)
-            real = mask[:, position, None]
-            h, c = torch.where(real, new_h, h), torch.where(real, new_c, c)
-            outputs.append(new_h * real.to(new_h.dtype))
+            h, c, output = self._masked_cell(hidden_states[:, position], mask[:, position], h, c)
+            outputs.append(output)
         return torch.stack(outputs, dim=1), torch.stack((h, c), dim=1)
 
+    def _scan_symbolic(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, previous: torch.Tensor | None):
+        """The sequence for a tracer that keeps the length symbolic (`torch.export` with a dynamic `Dim` on it):
+        `nn.LSTM`'s traced form and `_scan_masked` both unroll one step per position, which fixes the length to
+        the traced one. A scan operator keeps the loop in the graph, its trip count read from the input at run
+        time. Each position as in `_scan_masked` (no mask: every position is real), so the result is
+        `_run_masked`'s / `_run`'s."""
+        batch, length, _ = hidden_states.shape
+        if mask is None:
+            mask = torch.ones(batch, length, dtype=torch.bool, device=hidden_states.device)
+        # The scan checks that the carry keeps its strides; `unbind` gives strided views.
+        h, c = (part.contiguous() for part in self._initial(previous, hidden_states).unbind(1))
+
+        def step(carry, position):
+            h, c, output = self._masked_cell(*position, *carry)
+            return (h, c), output
+
+        (h, c), output = _scan_positions(step, (h, c), (hidden_states.movedim(1, 0), mask.movedim(1, 0)))
+        return output.movedim(0, 1), torch.stack((h, c), dim=1)
 
     def _run_recording(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, previous: torch.Tensor | None,
                        recorded: int):
@@ -535,16 +554,35 @@ class YuyanLSTM(nn.Module):
         h, c = self._initial(previous, hidden_states).unbind(1)
         trail = [torch.stack((h, c), dim=1)]
         for position in range(head, hidden_states.shape[1]):
-            new_h, new_c = self._cell(hidden_states[:, position], h, c)
             if mask is None:
-                h, c, output = new_h, new_c, new_h
+                h, c = self._cell(hidden_states[:, position], h, c)
+                output = h
             else:
-                real = mask[:, position, None]
-                h, c = torch.where(real, new_h, h), torch.where(real, new_c, c)
-                output = new_h * real.to(new_h.dtype)
+                h, c, output = self._masked_cell(hidden_states[:, position], mask[:, position], h, c)
             outputs.append(output.unsqueeze(1))
             trail.append(torch.stack((h, c), dim=1))
         return torch.cat(outputs, dim=1), trail[-1], torch.stack(trail, dim=1)
+
+    def _masked_cell(self, x: torch.Tensor, real: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        """One position of a traced masked run: a pad position (`real` False) leaves (h, c) as it was and outputs
+        zeros, as a packed sequence skips it."""
+        new_h, new_c = self._cell(x, h, c)
+        real = real.unsqueeze(-1)
+        return torch.where(real, new_h, h), torch.where(real, new_c, c), new_h * real.to(new_h.dtype)
+
+
+def _scan_positions(step: Callable, init, xs):
+    """`step(carry, x) -> (carry, y)` over dim 0 of `xs`, traced as one loop whose trip count stays symbolic.
+
+    torch has no public scan: this is `torch._higher_order_ops.scan.scan`, the one private torch API the traced
+    LSTM relies on. (`torch.while_loop`, public, does not trace with gradients enabled, and collecting the
+    outputs in it takes an in-place write that `ExportedProgram.run_decompositions` rejects.) Imported here,
+    not at the top, so that the file still imports on a torch without it. Over dim 0 only: under torch 2.13's
+    non-strict export, `scan(..., dim=1)` gives its stacked output the wrong length.
+    """
+    from torch._higher_order_ops.scan import scan
+
+    return scan(step, init, xs, dim=0)
 
 
 class YuyanMLP(nn.Module):
