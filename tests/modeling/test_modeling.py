@@ -400,3 +400,42 @@ def test_presets_accept_overrides_and_reject_unknown_names():
     assert config.layer_types == ["lstm", "full_attention"] * 3
     with pytest.raises(ValueError, match="unknown preset 'huge-attention'"):
         YuyanConfig.from_preset("huge-attention")
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_packed_sequences_are_read_as_if_alone(stack):
+    """A padding-free batch (several sequences in one row, positions restarting at each, no mask: what
+    transformers' flattening collators and TRL's packing hand over, for training: without a cache) gives each
+    sequence its own logits."""
+    model = build(stack)
+    first, second, third = random_ids(1, 5, seed=1), random_ids(1, 4, seed=2), random_ids(1, 3, seed=3)
+    packed = torch.cat([first, second, third], dim=1)
+    positions = torch.cat([torch.arange(5), torch.arange(4), torch.arange(3)])[None]
+    with torch.no_grad():
+        logits = model(packed, position_ids=positions, use_cache=False).logits[0]
+        alone = [model(ids).logits[0] for ids in (first, second, third)]
+    torch.testing.assert_close(logits, torch.cat(alone), atol=1e-5, rtol=1e-5)
+    # Two rows, each packed its own way, with the position ids of both.
+    rows = torch.cat([packed, torch.cat([third, first, second], dim=1)])
+    row_positions = torch.cat([positions, torch.cat([torch.arange(3), torch.arange(5), torch.arange(4)])[None]])
+    with torch.no_grad():
+        both = model(rows, position_ids=row_positions, use_cache=False).logits
+    torch.testing.assert_close(both[1], torch.cat([alone[2], alone[0], alone[1]]), atol=1e-5, rtol=1e-5)
+    # Packed training gets gradients through every sequence.
+    model.train()
+    model(packed, position_ids=positions, labels=packed, use_cache=False).loss.backward()
+
+
+@pytest.mark.parametrize("stack", ["lstm", "hybrid"])
+def test_checkpointed_training_under_cpu_bfloat16_autocast(stack):
+    """The CPU's bf16 LSTM probe may first run inside a checkpointed layer: its recomputation must match."""
+    from yuyan.modeling import modeling_yuyan
+
+    modeling_yuyan._cpu_has_bfloat16_lstm.cache_clear()
+    model = build(stack).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ids = random_ids(2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.dim() > 1)

@@ -390,7 +390,9 @@ def _cpu_has_bfloat16_lstm() -> bool:
     falling back. (An LSTM with bf16 weights, outside autocast, takes another route and runs everywhere.)"""
     lstm = nn.LSTM(8, 8, batch_first=True)
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        # Without gradients: the first call may come inside a checkpointed layer, whose recomputation must save
+        # exactly the tensors of the first pass (the probe runs once, then its answer is cached).
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             lstm(torch.zeros(1, 2, 8))
     except RuntimeError:
         return False
@@ -420,8 +422,11 @@ class YuyanLSTM(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
+        segments: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        if segments is not None:
+            return self.out_proj(self._run_segments(hidden_states, segments))
         layer_cache = cache.layers[self.layer_idx] if cache is not None else None
         previous = layer_cache.read() if layer_cache is not None else None
         if previous is not None and previous.shape[0] != hidden_states.shape[0]:
@@ -538,6 +543,25 @@ class YuyanLSTM(nn.Module):
         (h, c), output = _scan_positions(step, (h, c), (hidden_states.movedim(1, 0), mask.movedim(1, 0)))
         return output.movedim(0, 1), torch.stack((h, c), dim=1)
 
+    def _run_segments(self, hidden_states: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """Several sequences packed in each row (`segments`: the sequence index of each position, from 0 in each
+        row): each starts from a zero state, as if it were alone. The sequences become the rows of one right-padded
+        batch, run packed, and their outputs go back to where they came from."""
+        batch, length, width = hidden_states.shape
+        segments = segments.expand(batch, -1)  # position ids may be given once for the whole batch
+        counts = segments[:, -1] + 1
+        offsets = torch.cumsum(counts, 0) - counts
+        ids = (segments + offsets[:, None]).reshape(-1)  # a global sequence index per position, in order
+        lengths = torch.bincount(ids, minlength=int(counts.sum()))
+        starts = torch.cumsum(lengths, 0) - lengths
+        within = torch.arange(ids.shape[0], device=ids.device) - starts[ids]
+        padded = hidden_states.new_zeros(lengths.shape[0], int(lengths.max()), width)
+        padded = padded.index_put((ids, within), hidden_states.reshape(-1, width))
+        real = torch.zeros(padded.shape[:2], dtype=torch.bool, device=padded.device)
+        real[ids, within] = True
+        output, _ = self._run_masked(padded, real, None)
+        return output[ids, within].reshape(batch, length, width)
+
     def _run_recording(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, previous: torch.Tensor | None,
                        recorded: int):
         """The other paths' output and final state, and also the states after each of the last `recorded`
@@ -611,6 +635,17 @@ def recurrent_padding_mask(attention_mask: torch.Tensor | None, length: int) -> 
     return attention_mask[:, -length:].contiguous()
 
 
+def packed_sequence_indices(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """The sequence index of each position where a row packs several sequences (positions restart, or jump), from
+    0 in each row; None where every row holds one sequence, or under tracing (a graph cannot branch on data)."""
+    if is_tracing(position_ids) or position_ids.shape[-1] < 2:
+        return None
+    breaks = torch.diff(position_ids, dim=-1) != 1
+    if not bool(breaks.any()):
+        return None
+    return torch.cat([torch.zeros_like(breaks[:, :1]), breaks], dim=-1).long().cumsum(-1)
+
+
 class YuyanDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: YuyanConfig, layer_idx: int):
         super().__init__()
@@ -634,6 +669,7 @@ class YuyanDecoderLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: Cache | None = None,
+        packed_segments: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
         residual = hidden_states
@@ -644,7 +680,8 @@ class YuyanDecoderLayer(GradientCheckpointingLayer):
                 **kwargs,
             )
         else:
-            hidden_states = self.recurrent(hidden_states, attention_mask=attention_mask, cache=cache)
+            hidden_states = self.recurrent(hidden_states, attention_mask=attention_mask, cache=cache,
+                                           segments=packed_segments)
         # Dropout only where it does something: in eval mode it is still a module call per use, per token.
         dropout = self.dropout if self.training and self.dropout.p > 0 else None
         hidden_states = residual + (dropout(hidden_states) if dropout is not None else hidden_states)
@@ -767,6 +804,7 @@ class YuyanModel(YuyanPreTrainedModel):
             self._check_cache_layers(cache)
 
         hidden_states = inputs_embeds
+        packed_positions = position_ids if attention_mask is None and cache is None else None
         # `generate` with a static cache hands over the masks already built, one per layer type (transformers'
         # `create_masks_for_generate`), so that a compiled decode step does not rebuild them.
         prepared = attention_mask if isinstance(attention_mask, dict) else None
@@ -797,6 +835,12 @@ class YuyanModel(YuyanPreTrainedModel):
                 masks["lstm"] = prepared["lstm"]
             else:
                 masks["lstm"] = recurrent_padding_mask(attention_mask, inputs_embeds.shape[1])
+
+        if self.has_lstm and packed_positions is not None and packed_positions.dim() == 2:
+            # Several sequences packed in a row, told apart by their positions restarting (what transformers'
+            # padding-free collators hand over, with no mask): the attention mask keeps them apart, and the LSTM
+            # layers must start each from a zero state too.
+            kwargs["packed_segments"] = packed_sequence_indices(packed_positions)
 
         for layer_type, decoder_layer in zip(self.config.layer_types, self.layers):
             hidden_states = decoder_layer(
