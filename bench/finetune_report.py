@@ -153,7 +153,7 @@ def prepare_data(work: Path, eval_articles: int, selection_size: int = 2000, see
                  data: Path = DATA) -> dict[str, dict]:
     """Data files (converted where needed) and finetune() options for each task; `test` is the scored file when
     it differs from the validation (model selection) file."""
-    from yuyan.training.tasks.data import squad_rows
+    from yuyan.training.recipes.tables import squad_rows
 
     work.mkdir(parents=True, exist_ok=True)
     rows = _tsv_rows(data / "sst2" / "train.tsv") + _tsv_rows(data / "sst2" / "dev.tsv")
@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yuyan
     from yuyan.training.finetune import finetune
-    from yuyan.training.records import read_run
+    from yuyan.records import read_run
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -49,7 +49,7 @@ def train_yuyan(kind: str, args, tokenizer_dir: Path, output: Path) -> dict:
     for setting in args.set or []:
         command += ["--set", setting]
     subprocess.run(command, check=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
-    from yuyan.training.records import read_metrics
+    from yuyan.records import read_metrics
 
     metrics = read_metrics(output)
     losses = dict(metrics.loss_history)

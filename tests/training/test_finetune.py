@@ -1,4 +1,4 @@
-"""Tests of yuyan.training.finetune and yuyan.training.tasks: data, alignment, post-processing, metrics, masking,
+"""Tests of yuyan.training.finetune and yuyan.training.recipes: data, alignment, post-processing, metrics, masking,
 errors, the command line, and short real fine-tuning runs of a tiny model for each task (+ LoRA), each checked
 through `transformers.pipeline` on the output folder."""
 
@@ -24,9 +24,9 @@ from yuyan.cli import build_parser
 from yuyan.cli.finetune import split_namespace
 from yuyan.tokenization import train_tokenizer
 from yuyan.training import finetune as ft
-from yuyan.training.tasks import base as task_base
-from yuyan.training.tasks import classification, generation, question_answering as qa, tagging
-from yuyan.training.tasks.data import load_table
+from yuyan.training.recipes import base as task_base
+from yuyan.training.recipes import classification, generation, question_answering as qa, tagging
+from yuyan.training.recipes.tables import load_table
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 

@@ -25,7 +25,7 @@ from yuyan.training.pretrain import (
     ModelSettings,
     resolve_config,
 )
-from yuyan.training.records import read_metrics, read_run
+from yuyan.records import read_metrics, read_run
 
 from run_helpers import TINY, data_flags, free_port, run_cli
 

@@ -23,7 +23,8 @@ Tasks (the pipeline the output folder then serves):
 | `text-generation`       | `YuyanForCausalLM`                | prompt, completion                      | rougeL, chrf, bleu       |
 
 Every task also reports the validation `loss`. Data files: CSV, TSV, JSON, JSONL, SQuAD v1.1 JSON
-(`yuyan.training.tasks.data`); how each task encodes its examples is in its module under `yuyan.training.tasks`.
+(`yuyan.training.recipes.tables`); how each task encodes its examples is its recipe, a module of
+`yuyan.training.recipes`.
 
 Yuyan models are causal: each position sees only the text to its left. A classifier reads the last token's state
 (it has seen everything; `config_overrides="classifier_pooling=mean"` averages every token's instead;
@@ -80,8 +81,9 @@ import torch
 
 from yuyan.files import check_output_folder, move_into, staging_dir
 from yuyan.modeling import LORA_TARGET_MODULES
-from yuyan.training.records import METRICS_FILE, RUN_FILE, FinetuneMetrics, FinetuneRun, read_run
-from yuyan.training.tasks import TASKS, Task, get_task
+from yuyan.records import METRICS_FILE, RUN_FILE, FinetuneMetrics, FinetuneRun, read_run
+from yuyan.tasks import TASKS, Task, get_task
+from yuyan.training.recipes import recipe_of
 
 DEFAULT_LORA_TARGETS = list(LORA_TARGET_MODULES)
 # TrainingArguments defaults that suit a laptop CPU better than transformers' own; any flag overrides them.
@@ -608,7 +610,7 @@ def prepare_inputs(task: Task, model: str, tokenizer: str | None, data_args: Dat
                    leading_space: bool = False) -> FinetuneInputs:
     """Check the model, load the tokenizer and the data, and let the task's recipe encode the examples."""
     from yuyan.modeling import YuyanConfig
-    from yuyan.training.tasks.data import limit, load_table
+    from yuyan.training.recipes.tables import limit, load_table
 
     model_path = check_yuyan_model(model)
     config = YuyanConfig.from_pretrained(model_path, **(config_overrides or {}))
@@ -630,13 +632,13 @@ def prepare_inputs(task: Task, model: str, tokenizer: str | None, data_args: Dat
     max_length = resolve_max_length(task, data_args.max_seq_length, tokenizer_obj, config)
     train = limit(load_table(train_file, data_args.delimiter), data_args.max_train_samples)
     validation = limit(load_table(validation_file, data_args.delimiter), data_args.max_eval_samples)
-    setup = task.recipe.prepare(train, validation, tokenizer_obj, data_args, str(train_file), str(validation_file),
+    setup = recipe_of(task).prepare(train, validation, tokenizer_obj, data_args, str(train_file), str(validation_file),
                                 max_length)
     test_setup = None
     if test_file is not None:
         # The same recipe with the test rows in the validation place: labels checked against the training set.
         test = limit(load_table(test_file, data_args.delimiter), data_args.max_eval_samples)
-        test_setup = task.recipe.prepare(train, test, tokenizer_obj, data_args, str(train_file), str(test_file),
+        test_setup = recipe_of(task).prepare(train, test, tokenizer_obj, data_args, str(train_file), str(test_file),
                                          max_length)
     return FinetuneInputs(model_path, config, tokenizer_obj, max_length, str(train_file), str(validation_file),
                           len(train), len(validation), setup, test_setup, dict(config_overrides or {}))
@@ -819,7 +821,7 @@ def load_finetuned(folder: str | os.PathLike, **kwargs):
         raise FileNotFoundError(f"{folder} holds neither a model (config.json) nor an adapter (adapter_config.json)")
     from peft import PeftModel
 
-    from yuyan.training.tasks.base import config_labels
+    from yuyan.tasks import config_labels
 
     base = json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
     labels = run.data.get("labels")

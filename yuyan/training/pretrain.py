@@ -41,7 +41,7 @@ from yuyan.loading import cpu_has_native_bfloat16
 from yuyan.modeling import PRESETS, YuyanConfig, YuyanForCausalLM
 from yuyan.training.data import TextSource, load_documents, split_validation, tokenize_and_pack
 from yuyan.training.distributed import main_process_first, on_every_process, on_main_process
-from yuyan.training.records import METRICS_FILE, RUN_FILE, PretrainMetrics, PretrainRun, metrics_from_dict, read_run
+from yuyan.records import METRICS_FILE, RUN_FILE, PretrainMetrics, PretrainRun, metrics_from_dict, read_run
 
 STATE_FILE = "trainer_state.json"
 CHECKPOINTS = "checkpoints"
