@@ -71,7 +71,8 @@ def train_llama(args, tokenizer_dir: Path, output: Path) -> dict:
         TrainingArguments,
     )
 
-    from yuyan.training.data import TextSource, load_documents, tokenize_and_pack
+    from yuyan.corpus import TextSource, load_documents
+    from yuyan.training.packing import tokenize_and_pack
     from yuyan.training.pretrain import parse_overrides, resolve_config
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -19,13 +19,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import yuyan  # noqa: F401
 from yuyan.cli import main
-from yuyan.training.data import TextSource, load_documents, python_documentation, split_validation
+from yuyan.corpus import TextSource, load_documents, python_documentation
+from yuyan.records import read_metrics, read_run
+from yuyan.training.packing import split_validation
 from yuyan.training.pretrain import (
     EpochShuffleSampler,
     ModelSettings,
     resolve_config,
 )
-from yuyan.records import read_metrics, read_run
 
 from run_helpers import TINY, data_flags, free_port, run_cli
 

@@ -36,12 +36,13 @@ from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, s
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from yuyan.corpus import TextSource, load_documents
 from yuyan.files import move_into, publish_folder, staging_dir, write_json_atomic
 from yuyan.loading import cpu_has_native_bfloat16
 from yuyan.modeling import PRESETS, YuyanConfig, YuyanForCausalLM
-from yuyan.training.data import TextSource, load_documents, split_validation, tokenize_and_pack
-from yuyan.training.distributed import main_process_first, on_every_process, on_main_process
 from yuyan.records import METRICS_FILE, RUN_FILE, PretrainMetrics, PretrainRun, metrics_from_dict, read_run
+from yuyan.training.distributed import main_process_first, on_every_process, on_main_process
+from yuyan.training.packing import split_validation, tokenize_and_pack
 
 STATE_FILE = "trainer_state.json"
 CHECKPOINTS = "checkpoints"
