@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     import yuyan
-    from yuyan.training.finetune import finetune
+    from yuyan.training.finetune import FinetuneArguments, finetune
     from yuyan.records import read_run
 
     if args.threads:
@@ -568,18 +568,20 @@ def main(argv: list[str] | None = None) -> int:
                                             args.task_text_steps, args.task_text_learning_rate, args.seed,
                                             leading_space=args.sst2_leading_space)
             metrics = finetune(
-                spec["task"], str(source), str(spec["train"]), str(spec["validation"]), run_dir,
-                training_args=training_arguments(name, budget, args),
+                FinetuneArguments(
+                    spec["task"], str(source), str(spec["train"]), str(spec["validation"]),
+                    overwrite=True,
+                    test_file=str(spec["test"]) if "test" in spec else None,
+                    config_overrides=overrides or None,
+                    reset_unseen_tokens=pretraining_files(model) if args.reset_unseen_tokens and init == "pretrained"
+                    else None,
+                    layer_lr_decay=args.layer_lr_decay,
+                    leading_space=args.sst2_leading_space and name == "sst2",
+                ),
+                {**training_arguments(name, budget, args), "output_dir": run_dir},
                 data_args=data_args,
                 lora_args={"lora": True, "merge": True} if args.lora else None,
-                overwrite=True,
-                test_file=str(spec["test"]) if "test" in spec else None,
                 callbacks=callbacks,
-                config_overrides=overrides or None,
-                reset_unseen_tokens=pretraining_files(model) if args.reset_unseen_tokens and init == "pretrained"
-                else None,
-                layer_lr_decay=args.layer_lr_decay,
-                leading_space=args.sst2_leading_space and name == "sst2",
             )
             run = read_run(run_dir)  # metrics: the dict finetune returns
             scored = metrics.get("test_metrics") or metrics["metrics"]
