@@ -12,9 +12,9 @@ Read from the source with `ast` (nothing is imported), so the test also sees imp
   would make every package `__init__` that re-exports its submodules a cycle;
 - a layer is a package's child (a subpackage or a module; its `__init__` counts as one more child). Every import,
   at module level or inside a function, links the two children of the lowest package that holds both the
-  importing and the imported module: `yuyan/cards.py` importing `yuyan.training.records` links `yuyan.cards` to
-  `yuyan.training`, and `yuyan/training/finetune.py` importing `yuyan.training.recipes.tables` links
-  `yuyan.training.finetune` to `yuyan.training.recipes`. The children of each package must form no cycle: an import
+  importing and the imported module: `yuyan/training/finetune.py` importing `yuyan.cards` links `yuyan.training`
+  to `yuyan.cards`, and importing `yuyan.training.recipes.tables` links `yuyan.training.finetune` to
+  `yuyan.training.recipes`. The children of each package must form no cycle: an import
   put inside a function to dodge a module-level cycle still makes two packages depend on each other. No
   exceptions are allowed; a name imported through `importlib` is not seen.
 
