@@ -153,7 +153,7 @@ def prepare_data(work: Path, eval_articles: int, selection_size: int = 2000, see
                  data: Path = DATA) -> dict[str, dict]:
     """Data files (converted where needed) and finetune() options for each task; `test` is the scored file when
     it differs from the validation (model selection) file."""
-    from yuyan.training.tasks.data import squad_rows
+    from yuyan.training.recipes.tables import squad_rows
 
     work.mkdir(parents=True, exist_ok=True)
     rows = _tsv_rows(data / "sst2" / "train.tsv") + _tsv_rows(data / "sst2" / "dev.tsv")
@@ -497,8 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     import yuyan
-    from yuyan.training.finetune import finetune
-    from yuyan.training.records import read_run
+    from yuyan.training.finetune import FinetuneArguments, finetune
+    from yuyan.records import read_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -568,18 +568,20 @@ def main(argv: list[str] | None = None) -> int:
                                             args.task_text_steps, args.task_text_learning_rate, args.seed,
                                             leading_space=args.sst2_leading_space)
             metrics = finetune(
-                spec["task"], str(source), str(spec["train"]), str(spec["validation"]), run_dir,
-                training_args=training_arguments(name, budget, args),
+                FinetuneArguments(
+                    spec["task"], str(source), str(spec["train"]), str(spec["validation"]),
+                    overwrite=True,
+                    test_file=str(spec["test"]) if "test" in spec else None,
+                    config_overrides=overrides or None,
+                    reset_unseen_tokens=pretraining_files(model) if args.reset_unseen_tokens and init == "pretrained"
+                    else None,
+                    layer_lr_decay=args.layer_lr_decay,
+                    leading_space=args.sst2_leading_space and name == "sst2",
+                ),
+                {**training_arguments(name, budget, args), "output_dir": run_dir},
                 data_args=data_args,
                 lora_args={"lora": True, "merge": True} if args.lora else None,
-                overwrite=True,
-                test_file=str(spec["test"]) if "test" in spec else None,
                 callbacks=callbacks,
-                config_overrides=overrides or None,
-                reset_unseen_tokens=pretraining_files(model) if args.reset_unseen_tokens and init == "pretrained"
-                else None,
-                layer_lr_decay=args.layer_lr_decay,
-                leading_space=args.sst2_leading_space and name == "sst2",
             )
             run = read_run(run_dir)  # metrics: the dict finetune returns
             scored = metrics.get("test_metrics") or metrics["metrics"]

@@ -49,7 +49,7 @@ def train_yuyan(kind: str, args, tokenizer_dir: Path, output: Path) -> dict:
     for setting in args.set or []:
         command += ["--set", setting]
     subprocess.run(command, check=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
-    from yuyan.training.records import read_metrics
+    from yuyan.records import read_metrics
 
     metrics = read_metrics(output)
     losses = dict(metrics.loss_history)
@@ -71,7 +71,8 @@ def train_llama(args, tokenizer_dir: Path, output: Path) -> dict:
         TrainingArguments,
     )
 
-    from yuyan.training.data import TextSource, load_documents, tokenize_and_pack
+    from yuyan.corpus import TextSource, load_documents
+    from yuyan.training.packing import tokenize_and_pack
     from yuyan.training.pretrain import parse_overrides, resolve_config
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

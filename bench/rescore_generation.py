@@ -27,10 +27,10 @@ def rescore(folder: Path, num_beams: int, no_repeat_ngram_size: int, max_new_tok
     from transformers import AutoModelForCausalLM
 
     from yuyan.training.finetune import load_tokenizer
-    from yuyan.training.tasks.data import load_table
-    from yuyan.training.tasks.generation import (
+    from yuyan.training.recipes.generation import (
         PromptFormat, as_references, evaluation_prompts, generate_completions, rouge_l_scores, text_metrics,
     )
+    from yuyan.training.recipes.tables import load_table
 
     run_file = folder / "run.json"
     if not run_file.is_file():

@@ -166,7 +166,7 @@ def run_one(name: str, overrides: dict, args, base: dict) -> dict:
     if done.exists() and json.loads(done.read_text()).get("record") == record:
         result = json.loads(done.read_text())
         if "train_loss" not in result:  # written before the column was added
-            from yuyan.training.records import read_metrics
+            from yuyan.records import read_metrics
 
             result["train_loss"] = final_training_loss(read_metrics(folder).loss_history)
         return result
@@ -187,7 +187,7 @@ def run_one(name: str, overrides: dict, args, base: dict) -> dict:
     if args.dry_run:
         return {}
     subprocess.run(command, check=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
-    from yuyan.training.records import read_metrics
+    from yuyan.records import read_metrics
 
     metrics = read_metrics(folder)
     ratio = tokens_per_word(tokenizer_dir, (DATA / "valid.txt").read_text(encoding="utf-8"))

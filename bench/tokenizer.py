@@ -40,7 +40,7 @@ import transformers
 from tokenizers import ByteLevelBPETokenizer
 
 from yuyan.tokenization import bpe, train_tokenizer
-from yuyan.tokenization.data import iter_file_texts
+from yuyan.corpus import iter_file_texts
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BASELINE = "ByteLevelBPETokenizer (defaults)"

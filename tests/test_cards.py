@@ -18,7 +18,7 @@ from huggingface_hub import ModelCard
 import yuyan  # noqa: F401  (registers the model: save_pretrained writes auto_map and copies the code)
 from yuyan.cards import template_path, write_model_card
 from yuyan.cli import build_parser
-from yuyan.training.tasks import TASKS, task_for_pipeline
+from yuyan.tasks import TASKS, task_for_pipeline
 
 from run_helpers import build_model_folder, pretrain_tiny, train_tiny_tokenizer
 

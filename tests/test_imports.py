@@ -9,12 +9,25 @@ Read from the source with `ast` (nothing is imported), so the test also sees imp
   is imported, including those under a module-level `if` / `try`; not those inside functions or classes, which run
   later). `from yuyan.a import b` counts as an import of `yuyan.a.b` when that is a module, else of `yuyan.a`.
   The implicit import of a parent package (importing `yuyan.a.b` runs `yuyan/a/__init__.py`) is not counted: it
-  would make every package `__init__` that re-exports its submodules a cycle.
+  would make every package `__init__` that re-exports its submodules a cycle;
+- a layer is a package's child (a subpackage or a module; its `__init__` counts as one more child). Every import,
+  at module level or inside a function, links the two children of the lowest package that holds both the
+  importing and the imported module: `yuyan/training/finetune.py` importing `yuyan.cards` links `yuyan.training`
+  to `yuyan.cards`, and importing `yuyan.training.recipes.tables` links `yuyan.training.finetune` to
+  `yuyan.training.recipes`. The children of each package must form no cycle: an import
+  put inside a function to dodge a module-level cycle still makes two packages depend on each other. No
+  exceptions are allowed; a name imported through `importlib` is not seen.
+
+And `import yuyan` loads the model, its configuration and the pipelines Yuyan registers, not the training code.
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yuyan
@@ -142,3 +155,69 @@ def test_find_cycle_finds_one():
 def test_no_import_cycle_at_module_level():
     cycle = _find_cycle(_graph())
     assert cycle is None, "module-level import cycle: " + " -> ".join(cycle)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layers: every import, also inside functions, between the children of each package
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _tree_parts(module: str) -> tuple[str, ...]:
+    """The module's place in the package tree: a package's own code is its `__init__` child."""
+    path = MODULES[module][0]
+    parts = tuple(module.split("."))
+    return parts + ("__init__",) if path.name == "__init__.py" else parts
+
+
+def _layer_edges() -> dict[tuple[str, str], list[str]]:
+    """(child, child) of the same package -> the imports behind the link, as `file:line imports module`."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for module, (path, tree) in MODULES.items():
+        source = _tree_parts(module)
+        for node in ast.walk(tree):
+            for name in _imported(module, path, node):
+                if name not in MODULES or name == module:
+                    continue
+                target = _tree_parts(name)
+                shared = 0
+                while source[shared] == target[shared]:
+                    shared += 1
+                link = (".".join(source[: shared + 1]), ".".join(target[: shared + 1]))
+                where = f"{path.relative_to(PACKAGE_DIR.parent)}:{node.lineno} imports {name}"
+                if where not in edges.setdefault(link, []):
+                    edges[link].append(where)
+    return edges
+
+
+def test_the_layers_see_imports_inside_functions():
+    edges = _layer_edges()
+    # training/ imports the model cards inside functions only (at the end of a run).
+    assert ("yuyan.training", "yuyan.cards") in edges
+    assert ("yuyan.__init__", "yuyan.modeling") in edges  # the package's own code is a layer of its own
+
+
+def test_no_import_cycle_between_the_layers_of_a_package():
+    edges = _layer_edges()
+    graph: dict[str, set[str]] = {}
+    for source, target in edges:
+        graph.setdefault(source, set()).add(target)
+    cycle = _find_cycle(graph)
+    if cycle is not None:
+        behind = [f"  {a} -> {b}: " + "; ".join(edges[(a, b)]) for a, b in zip(cycle, cycle[1:])]
+        raise AssertionError("import cycle between layers: " + " -> ".join(cycle) + "\n" + "\n".join(behind))
+
+
+# Besides the package itself: the model and its configuration (for the Auto classes), the pipelines Yuyan
+# registers, and the task table the question-answering pipeline reads its default length from.
+IMPORT_YUYAN_LOADS = ("yuyan.modeling", "yuyan.pipelines", "yuyan.tasks")
+
+
+def test_import_yuyan_loads_no_training_code():
+    code = "import json, sys, yuyan; print(json.dumps(sorted(m for m in sys.modules if m.startswith('yuyan.'))))"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                            cwd=PACKAGE_DIR.parent)
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    unexpected = [m for m in loaded if not any(m == top or m.startswith(top + ".") for top in IMPORT_YUYAN_LOADS)]
+    assert not unexpected, f"`import yuyan` loads {unexpected}"

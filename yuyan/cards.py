@@ -30,7 +30,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from yuyan.files import write_text_atomic
-from yuyan.training.records import (
+from yuyan.records import (
     METRICS_FILE,
     RUN_FILE,
     FinetuneMetrics,
@@ -42,7 +42,7 @@ from yuyan.training.records import (
     read_run,
     run_from_dict,
 )
-from yuyan.training.tasks import task_for_pipeline
+from yuyan.tasks import task_for_pipeline
 
 PRETRAINED_TEMPLATE = "yuyan.md"
 FINETUNED_TEMPLATE = "yuyan-finetuned.md"

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from yuyan.cards import card_repo_id, read_run_files, write_model_card
-from yuyan.training.records import METRICS_FILE, RUN_FILE
+from yuyan.records import METRICS_FILE, RUN_FILE
 
 # Never uploaded: training state, logs and temporary files. `fnmatch` patterns on paths relative to the folder
 # (`*` also matches `/`).

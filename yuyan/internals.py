@@ -232,10 +232,10 @@ INTERNALS: list[Internal] = [
              "a traced loop whose trip count stays symbolic: torch.export with a dynamic sequence length runs the "
              "LSTM through it (torch has no public scan)", _check_scan),
     Internal("torch.optim.Optimizer hook attributes (" + ", ".join(_OPTIMIZER_HOOK_ATTRIBUTES) + ")",
-             "yuyan/training/pretrain.py (CombinedOptimizer)",
+             "yuyan/training/pretrain/optimizers.py (CombinedOptimizer)",
              "an optimizer built without Optimizer.__init__ must set the attributes that step/state_dict hooks read",
              _check_optimizer_hook_attributes),
-    Internal("torch.optim.Muon._init_group", "yuyan/training/pretrain.py (CpuMuon)",
+    Internal("torch.optim.Muon._init_group", "yuyan/training/pretrain/optimizers.py (CpuMuon)",
              "collects a group's parameters, gradients and momentum buffers for the float32 Newton-Schulz step",
              _check_muon_init_group),
     Internal("huggingface_hub.utils._paths.DEFAULT_IGNORE_PATTERNS", "yuyan/hub.py (files_to_upload)",

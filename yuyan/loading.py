@@ -12,6 +12,8 @@ anything is loaded, so that a wrong path gives a one-line reason instead of a tr
 - `ValueError`: a file instead of a folder, no config.json, not a Yuyan model (with `yuyan_only`), no weights, no
   tokenizer, an unknown dtype or device, or a folder transformers cannot load;
 - `OSError`: a Hub id the Hub cannot provide (offline, private or misspelt).
+
+`load_finetuned(folder)` loads what `yuyan finetune` wrote: the task's model, or its LoRA adapter on the base model.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ import contextlib
 import json
 import os
 import warnings
+from pathlib import Path
 
 from yuyan.errors import one_line
+from yuyan.records import RUN_FILE, read_run
+from yuyan.tasks import config_labels, get_task
 
 DTYPES = ("float32", "bfloat16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -222,3 +227,29 @@ def load_model_and_tokenizer(
             f"(offline, private or misspelt?): {one_line(error)}"
         ) from None
     return model.to(target).eval(), tokenizer
+
+
+def load_finetuned(folder: str | os.PathLike, **kwargs):
+    """The model a fine-tuning run saved in `folder`: a full model loads with its Auto class; a LoRA adapter is
+    put on its base model, with the task head configured from run.json (label names), as a `PeftModel`."""
+    folder = Path(folder)
+    run_folder = next((p for p in (folder, folder.parent) if (p / RUN_FILE).is_file()), None)
+    if run_folder is None:
+        raise FileNotFoundError(f"{folder} has no run.json: not a fine-tuning output")
+    run = read_run(run_folder, finetuning=True)
+    task = get_task(run.task)
+    if (folder / "config.json").is_file():
+        return task.model_class.from_pretrained(folder, **kwargs)
+    adapter_config = folder / "adapter_config.json"
+    if not adapter_config.is_file():
+        raise FileNotFoundError(f"{folder} holds neither a model (config.json) nor an adapter (adapter_config.json)")
+    from peft import PeftModel
+
+    base = json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
+    labels = run.data.get("labels")
+    updates = config_labels(labels) if labels and task.has_labels else {}
+    model = task.model_class.from_pretrained(base, **updates, **kwargs)
+    if task.name == "question-answering":
+        model.config.question_answering = {"max_seq_length": run.data["max_seq_length"],
+                                           "doc_stride": run.data["doc_stride"]}
+    return PeftModel.from_pretrained(model, str(folder))

@@ -264,7 +264,7 @@ def test_rescoring_a_generation_run_reproduces_its_score(tmp_path):
     """bench/rescore_generation.py decodes the prompts the run scored: with the run's own settings, its score."""
     import random
 
-    from yuyan.training.finetune import finetune
+    from yuyan.training.finetune import FinetuneArguments, finetune
 
     words = "cat dog bird fish tree house river stone cloud".split()
     tokenizer = train_tokenizer(texts=[" ".join(words)] * 50, vocab_size=280)
@@ -281,10 +281,10 @@ def test_rescoring_a_generation_run_reproduces_its_score(tmp_path):
     for name, part in (("train", rows[:16]), ("dev", rows[16:]), ("test", rows[3:8])):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in part))
     out = tmp_path / "run"
-    scores = finetune("text-generation", str(tmp_path / "base"), str(tmp_path / "train.jsonl"),
-                      str(tmp_path / "dev.jsonl"), out,
-                      training_args={"max_steps": 2, "per_device_train_batch_size": 8, "report_to": "none"},
-                      data_args={"max_new_tokens": 8, "max_seq_length": 64}, test_file=str(tmp_path / "test.jsonl"))
+    scores = finetune(FinetuneArguments("text-generation", str(tmp_path / "base"), str(tmp_path / "train.jsonl"),
+                                        str(tmp_path / "dev.jsonl"), test_file=str(tmp_path / "test.jsonl")),
+                      {"max_steps": 2, "per_device_train_batch_size": 8, "report_to": "none", "output_dir": out},
+                      data_args={"max_new_tokens": 8, "max_seq_length": 64})
     metrics = scores["metrics"]
     again = rescore.rescore(out, num_beams=1, no_repeat_ngram_size=0, max_new_tokens=None, batch_size=3,
                             max_eval=None)

@@ -107,7 +107,7 @@ def test_demo_trains_saves_reloads_and_samples(tmp_path):
     """The README's first command, on a budget of three seconds: a tokenizer and a model trained on Python's own
     documentation, saved, reloaded and sampled."""
     from yuyan.training.demo import DEMO_PROMPT
-    from yuyan.training.records import read_metrics
+    from yuyan.records import read_metrics
 
     output = tmp_path / "demo"
     result = subprocess.run([sys.executable, "-m", "yuyan", "demo", "--minutes", "0.05", "--output", str(output)],

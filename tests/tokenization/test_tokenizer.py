@@ -22,20 +22,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from yuyan import corpus as corpus_module
+from yuyan.corpus import expand_paths, iter_dataset_texts, iter_file_texts, iter_texts, limit_texts
 from yuyan.tokenization import (
     ENDOFTEXT,
     PAD,
     SPLIT_PATTERN,
-    expand_paths,
-    iter_dataset_texts,
-    iter_file_texts,
-    iter_texts,
-    limit_texts,
     save_tokenizer,
     special_token_ids,
     train_tokenizer,
 )
-from yuyan.tokenization import data as data_module
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is not present beside the repository")
@@ -532,7 +528,7 @@ def test_txt_modes(tmp_path):
 
 
 def test_separator_split_across_read_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "_READ_CHUNK", 5)
+    monkeypatch.setattr(corpus_module, "_READ_CHUNK", 5)
     path = tmp_path / "s.txt"
     docs = ["alpha beta", "gamma", "delta epsilon zeta", "η"]
     path.write_text(ENDOFTEXT.join(docs))
@@ -584,12 +580,12 @@ def test_json_array_streaming_parser(tmp_path_factory, texts, numbers, indent, c
     path = tmp_path_factory.mktemp("json") / "rows.json"
     rows = [{"n": numbers[i], "text": text} for i, text in enumerate(texts)]
     path.write_text(json.dumps(rows, indent=indent, ensure_ascii=bool(chunk % 2)), encoding="utf-8")
-    original = data_module._READ_CHUNK
-    data_module._READ_CHUNK = chunk
+    original = corpus_module._READ_CHUNK
+    corpus_module._READ_CHUNK = chunk
     try:
         assert list(iter_file_texts(path)) == [text for text in texts if text]
     finally:
-        data_module._READ_CHUNK = original
+        corpus_module._READ_CHUNK = original
 
 
 def test_limits_stop_reading():

@@ -1,4 +1,4 @@
-"""Tests of yuyan.training.finetune and yuyan.training.tasks: data, alignment, post-processing, metrics, masking,
+"""Tests of yuyan.training.finetune and yuyan.training.recipes: data, alignment, post-processing, metrics, masking,
 errors, the command line, and short real fine-tuning runs of a tiny model for each task (+ LoRA), each checked
 through `transformers.pipeline` on the output folder."""
 
@@ -22,11 +22,12 @@ import yuyan  # noqa: F401  (registers the Auto classes)
 from yuyan import YuyanConfig, YuyanForCausalLM
 from yuyan.cli import build_parser
 from yuyan.cli.finetune import split_namespace
+from yuyan.loading import load_finetuned
 from yuyan.tokenization import train_tokenizer
 from yuyan.training import finetune as ft
-from yuyan.training.tasks import base as task_base
-from yuyan.training.tasks import classification, generation, question_answering as qa, tagging
-from yuyan.training.tasks.data import load_table
+from yuyan.training.recipes import base as task_base
+from yuyan.training.recipes import classification, generation, question_answering as qa, tagging
+from yuyan.training.recipes.tables import load_table
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -333,12 +334,14 @@ def test_errors_are_found_before_training(tmp_path, base_model):
     validation = _write_jsonl(tmp_path / "validation.jsonl", _sentiment_rows(10, 1))
     out = str(tmp_path / "out")
     with pytest.raises(ValueError, match="label column 'polarity' is missing"):
-        ft.finetune("classification", base_model, train, validation, out, data_args={"label_column": "polarity"})
+        ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation), {"output_dir": out},
+                    data_args={"label_column": "polarity"})
     with pytest.raises(ValueError, match="text column"):
-        ft.finetune("classification", base_model, train, validation, out, data_args={"text_column": "body"})
+        ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation), {"output_dir": out},
+                    data_args={"text_column": "body"})
     odd = _write_jsonl(tmp_path / "odd.jsonl", _sentiment_rows(5, 2) + [{"sentence": "apple", "label": 7}])
     with pytest.raises(ValueError, match=r"label\(s\) '7' not among the training labels"):
-        ft.finetune("classification", base_model, train, odd, out)
+        ft.finetune(ft.FinetuneArguments("classification", base_model, train, odd), {"output_dir": out})
 
     rows = [{"id": "a", "question": "What?", "context": "The answer is mango.",
              "answers": {"text": ["mango"], "answer_start": [14]}},
@@ -346,36 +349,42 @@ def test_errors_are_found_before_training(tmp_path, base_model):
              "answers": {"text": ["mango"], "answer_start": [3]}}]
     qa_file = _write_jsonl(tmp_path / "qa.jsonl", rows)
     with pytest.raises(ValueError, match="example b: the answer 'mango' is not inside its context"):
-        ft.finetune("question-answering", base_model, qa_file, qa_file, out)
+        ft.finetune(ft.FinetuneArguments("question-answering", base_model, qa_file, qa_file), {"output_dir": out})
 
     tag_file = _write_jsonl(tmp_path / "tags.jsonl", [{"tokens": ["a", "b"], "tags": ["O"]}])
     with pytest.raises(ValueError, match="2 tokens but 1 tags"):
-        ft.finetune("token-classification", base_model, tag_file, tag_file, out)
+        ft.finetune(ft.FinetuneArguments("token-classification", base_model, tag_file, tag_file), {"output_dir": out})
 
     other = tmp_path / "gpt2"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match="not a Yuyan model .model_type 'gpt2'"):
-        ft.finetune("classification", str(other), train, validation, out)
+        ft.finetune(ft.FinetuneArguments("classification", str(other), train, validation), {"output_dir": out})
     with pytest.raises(ValueError, match="no config.json"):
-        ft.finetune("classification", str(tmp_path), train, validation, out)
+        ft.finetune(ft.FinetuneArguments("classification", str(tmp_path), train, validation), {"output_dir": out})
     with pytest.raises(FileNotFoundError, match="model folder not found"):
-        ft.finetune("classification", str(tmp_path / "missing-model"), train, validation, out)
+        ft.finetune(ft.FinetuneArguments("classification", str(tmp_path / "missing-model"), train, validation),
+                    {"output_dir": out})
     with pytest.raises(ValueError, match="cannot find the model"):
-        ft.finetune("classification", "no-such-owner/no-such-model", train, validation, out)
+        ft.finetune(ft.FinetuneArguments("classification", "no-such-owner/no-such-model", train, validation),
+                    {"output_dir": out})
     with pytest.raises(ValueError, match="unknown training arguments"):
-        ft.finetune("classification", base_model, train, validation, out, training_args={"learning_rat": 1e-3})
+        ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation),
+                    {"learning_rat": 1e-3, "output_dir": out})
     gen_file = _write_jsonl(tmp_path / "gen.jsonl", [{"prompt": "apple", "completion": "mango"}])
     with pytest.raises(ValueError, match="no_repeat_ngram_size=-1 must be 0"):
-        ft.finetune("text-generation", base_model, gen_file, gen_file, out, data_args={"no_repeat_ngram_size": -1})
+        ft.finetune(ft.FinetuneArguments("text-generation", base_model, gen_file, gen_file), {"output_dir": out},
+                    data_args={"no_repeat_ngram_size": -1})
     with pytest.raises(ValueError, match="unknown task"):
-        ft.finetune("summarise", base_model, train, validation, out)
+        ft.finetune(ft.FinetuneArguments("summarise", base_model, train, validation), {"output_dir": out})
     with pytest.raises(FileNotFoundError):
-        ft.finetune("classification", base_model, str(tmp_path / "none.csv"), validation, out)
+        ft.finetune(ft.FinetuneArguments("classification", base_model, str(tmp_path / "none.csv"), validation),
+                    {"output_dir": out})
     with pytest.raises(ValueError, match="not empty"):
-        ft.finetune("classification", base_model, train, validation, str(tmp_path))
+        ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation),
+                    {"output_dir": str(tmp_path)})
     with pytest.raises(ValueError, match="cannot wrap nn.LSTM"):
-        ft.finetune("classification", base_model, train, validation, out, training_args=QUICK,
+        ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation), {**QUICK, "output_dir": out},
                     lora_args={"lora": True, "lora_target_modules": ["lstm", "o_proj"]})
     assert not Path(out).exists() or not (Path(out) / "metrics.json").exists()
 
@@ -398,11 +407,13 @@ def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path,
                 m.attention_dropout for m in model.modules() if hasattr(m, "attention_dropout")
             }
 
+    def classification(config_overrides):
+        return ft.FinetuneArguments("classification", base_model, train, validation, config_overrides=config_overrides)
+
     out = tmp_path / "out"
-    ft.finetune("classification", base_model, train, validation, str(out), training_args={**QUICK, "max_steps": 2},
-                config_overrides="hidden_dropout=0.2, attention_dropout=0.3, classifier_pooling=mean, "
-                                 "classifier_reading=twice",
-                callbacks=[Spy()])
+    ft.finetune(classification("hidden_dropout=0.2, attention_dropout=0.3, classifier_pooling=mean, "
+                               "classifier_reading=twice"),
+                {**QUICK, "max_steps": 2, "output_dir": str(out)}, callbacks=[Spy()])
     assert seen["dropouts"] == [0.2]  # every layer's and the head's (attention's is a functional dropout)
     assert seen["attention_dropout"] == {0.3}
     assert YuyanConfig.from_pretrained(base_model).hidden_dropout == 0.0
@@ -418,20 +429,19 @@ def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path,
 
     bad = str(tmp_path / "bad")
     with pytest.raises(ValueError, match=r"cannot set \['hidden_size'\].*allowed"):
-        ft.finetune("classification", base_model, train, validation, bad, config_overrides={"hidden_size": 64})
+        ft.finetune(classification({"hidden_size": 64}), {"output_dir": bad})
     with pytest.raises(ValueError, match="must be in"):
-        ft.finetune("classification", base_model, train, validation, bad, config_overrides="hidden_dropout=1.5")
+        ft.finetune(classification("hidden_dropout=1.5"), {"output_dir": bad})
     with pytest.raises(ValueError, match="expected key=value"):
-        ft.finetune("classification", base_model, train, validation, bad, config_overrides="hidden_dropout")
+        ft.finetune(classification("hidden_dropout"), {"output_dir": bad})
     with pytest.raises(ValueError, match=r"classifier_pooling='max' is unknown; allowed: \['last', 'mean'\]"):
-        ft.finetune("classification", base_model, train, validation, bad, config_overrides="classifier_pooling=max")
+        ft.finetune(classification("classifier_pooling=max"), {"output_dir": bad})
     # Read twice, a text may take at most half the positions (less the separator) of the pretrained model's 128.
     with pytest.raises(ValueError, match=r"max_seq_length=64 exceeds 63, the longest text that classifier_reading"):
-        ft.finetune("classification", base_model, train, validation, bad, data_args={"max_seq_length": 64},
-                    config_overrides="classifier_reading=twice")
+        ft.finetune(classification("classifier_reading=twice"), {"output_dir": bad}, data_args={"max_seq_length": 64})
     with pytest.raises(ValueError, match=r"max_seq_length=128 exceeds 127, the longest text that classifier_reading"):
-        ft.finetune("classification", base_model, train, validation, bad, data_args={"max_seq_length": 128},
-                    config_overrides="classifier_reading=once_eos")
+        ft.finetune(classification("classifier_reading=once_eos"), {"output_dir": bad},
+                    data_args={"max_seq_length": 128})
     assert not Path(bad).exists()
 
 
@@ -455,8 +465,8 @@ def test_layer_lr_decay_gives_each_layer_its_rate_and_resumes(tmp_path, base_mod
 
     steps = {**QUICK, "max_steps": 4, "weight_decay": 0.01, "warmup_steps": 0, "seed": 3}
     full = tmp_path / "full"
-    ft.finetune("classification", base_model, train, validation, str(full), training_args=steps,
-                layer_lr_decay=0.5, callbacks=[Spy()])
+    ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation, layer_lr_decay=0.5),
+                {**steps, "output_dir": str(full)}, callbacks=[Spy()])
     lr = QUICK["learning_rate"]
     by_name = rates["names"]
     assert by_name["score.weight"] == (lr, 0.01) and by_name["model.norm.weight"] == (lr, 0.0)
@@ -472,14 +482,13 @@ def test_layer_lr_decay_gives_each_layer_its_rate_and_resumes(tmp_path, base_mod
             control.should_training_stop = state.global_step == 2
 
     half = tmp_path / "half"
-    ft.finetune("classification", base_model, train, validation, str(half),
-                training_args={**steps, "save_strategy": "steps", "save_steps": 2}, layer_lr_decay=0.5,
+    ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation, layer_lr_decay=0.5),
+                {**steps, "save_strategy": "steps", "save_steps": 2, "output_dir": str(half)},
                 callbacks=[StopAfterTwo()])
     checkpoint = half / "checkpoint-2"
-    ft.finetune("classification", base_model, train, validation, str(half),
-                training_args={**steps, "save_strategy": "steps", "save_steps": 2,
-                               "resume_from_checkpoint": str(checkpoint)},
-                layer_lr_decay=0.5, callbacks=[Spy()])
+    ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation, layer_lr_decay=0.5),
+                {**steps, "save_strategy": "steps", "save_steps": 2, "resume_from_checkpoint": str(checkpoint),
+                 "output_dir": str(half)}, callbacks=[Spy()])
     assert rates["names"]["model.embed_tokens.weight"] == (lr * 0.125, 0.01)
     from safetensors.torch import load_file
 
@@ -488,14 +497,15 @@ def test_layer_lr_decay_gives_each_layer_its_rate_and_resumes(tmp_path, base_mod
         torch.testing.assert_close(resumed[name], value, msg=name)
     # One rate for all (the default) trains a different model from the same seed.
     plain = tmp_path / "plain"
-    ft.finetune("classification", base_model, train, validation, str(plain), training_args=steps)
+    ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation),
+                {**steps, "output_dir": str(plain)})
     assert not torch.equal(load_file(plain / "model.safetensors")["model.embed_tokens.weight"],
                            straight["model.embed_tokens.weight"])
 
     for decay in (0.0, 1.5):
         with pytest.raises(ValueError, match=r"layer_lr_decay must be in \(0, 1\]"):
-            ft.finetune("classification", base_model, train, validation, str(tmp_path / "bad"),
-                        layer_lr_decay=decay)
+            ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation, layer_lr_decay=decay),
+                        {"output_dir": str(tmp_path / "bad")})
     assert not (tmp_path / "bad").exists()
 
 
@@ -513,8 +523,8 @@ def test_leading_space_is_trained_with_and_saved_for_pipelines(tmp_path, base_mo
             seen["ids"] = train_dataloader.dataset[0]["input_ids"]
 
     out = tmp_path / "out"
-    ft.finetune("classification", base_model, train, validation, str(out), training_args={**QUICK, "max_steps": 2},
-                leading_space=True, callbacks=[Spy()])
+    ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation, leading_space=True),
+                {**QUICK, "max_steps": 2, "output_dir": str(out)}, callbacks=[Spy()])
     first = json.loads(Path(train).read_text().splitlines()[0])["sentence"]
     assert list(seen["ids"]) == tokenizer(" " + first)["input_ids"] != tokenizer(first)["input_ids"]
     assert json.loads((out / "run.json").read_text())["training"]["leading_space"] is True
@@ -524,7 +534,8 @@ def test_leading_space_is_trained_with_and_saved_for_pipelines(tmp_path, base_mo
     assert classifier(first, top_k=None) == classifier(" " + first, top_k=None)
     # Without the flag the tokenizer is saved as it came.
     plain = tmp_path / "plain"
-    ft.finetune("classification", base_model, train, validation, str(plain), training_args={**QUICK, "max_steps": 1})
+    ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation),
+                {**QUICK, "max_steps": 1, "output_dir": str(plain)})
     assert AutoTokenizer.from_pretrained(plain)(first)["input_ids"] == tokenizer(first)["input_ids"]
     assert "leading_space" not in json.loads((plain / "run.json").read_text())["training"]
 
@@ -546,8 +557,9 @@ def test_tokens_unseen_in_pretraining_start_with_fresh_embeddings(tmp_path, base
             start["embeddings"] = model.get_input_embeddings().weight.detach().clone()
 
     out = tmp_path / "out"
-    ft.finetune("classification", base_model, train, validation, str(out), training_args={**QUICK, "max_steps": 1},
-                reset_unseen_tokens=[pretraining], callbacks=[Spy()])
+    ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation,
+                                     reset_unseen_tokens=[pretraining]),
+                {**QUICK, "max_steps": 1, "output_dir": str(out)}, callbacks=[Spy()])
     pretrained = YuyanForCausalLM.from_pretrained(base_model).get_input_embeddings().weight.detach()
     seen = torch.zeros(len(pretrained), dtype=torch.bool)
     seen[tokenizer(" ".join(FRUIT) + "\n", add_special_tokens=False)["input_ids"]] = True
@@ -558,8 +570,8 @@ def test_tokens_unseen_in_pretraining_start_with_fresh_embeddings(tmp_path, base
     assert run["training"]["reset_unseen_tokens"] == {"files": [str(pretraining)], "tokens": int((~seen).sum())}
     bad = tmp_path / "bad"
     with pytest.raises(ValueError, match="not a file"):
-        ft.finetune("classification", base_model, train, validation, str(bad),
-                    reset_unseen_tokens=[tmp_path / "missing.txt"])
+        ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation,
+                                         reset_unseen_tokens=[tmp_path / "missing.txt"]), {"output_dir": str(bad)})
     assert not bad.exists()
 
 
@@ -677,8 +689,8 @@ def test_token_classification_run_and_pipeline(tmp_path, base_model):
     train = _write_jsonl(tmp_path / "train.jsonl", rows(64))
     validation = _write_jsonl(tmp_path / "validation.jsonl", rows(16))
     out = tmp_path / "tagger"
-    metrics = ft.finetune("token-classification", base_model, train, validation, out,
-                          training_args={**QUICK, "num_train_epochs": 2},
+    metrics = ft.finetune(ft.FinetuneArguments("token-classification", base_model, train, validation),
+                          {**QUICK, "num_train_epochs": 2, "output_dir": out},
                           data_args={"tokens_column": "words", "tags_column": "ner"})
     assert metrics["task"] == "token-classification"
     assert set(metrics["metrics"]) >= {"f1", "precision", "recall", "accuracy", "loss"}
@@ -712,8 +724,8 @@ def test_question_answering_run_and_pipeline(tmp_path, base_model):
     validation = tmp_path / "dev.json"
     validation.write_text(json.dumps(squad))
     out = tmp_path / "qa"
-    metrics = ft.finetune("question-answering", base_model, train, str(validation), out,
-                          training_args={**QUICK, "num_train_epochs": 1},
+    metrics = ft.finetune(ft.FinetuneArguments("question-answering", base_model, train, str(validation)),
+                          {**QUICK, "num_train_epochs": 1, "output_dir": out},
                           data_args={"max_seq_length": 48, "doc_stride": 16})
     assert metrics["task"] == "question-answering"
     assert 0 <= metrics["metrics"]["exact_match"] <= metrics["metrics"]["f1"] <= 100
@@ -739,8 +751,8 @@ def test_text_generation_run_with_chat_template_and_pipeline(tmp_path, base_mode
     train = _write_jsonl(tmp_path / "train.jsonl", rows[:32])
     validation = _write_jsonl(tmp_path / "validation.jsonl", rows[32:])
     out = tmp_path / "gen"
-    metrics = ft.finetune("text-generation", base_model, train, validation, out,
-                          training_args={**QUICK, "num_train_epochs": 1, "per_device_eval_batch_size": 4},
+    metrics = ft.finetune(ft.FinetuneArguments("text-generation", base_model, train, validation),
+                          {**QUICK, "num_train_epochs": 1, "per_device_eval_batch_size": 4, "output_dir": out},
                           data_args={"chat_template": True, "max_new_tokens": 6, "system_prompt": "Reverse.",
                                      "no_repeat_ngram_size": 2})
     assert metrics["task"] == "text-generation"
@@ -789,8 +801,8 @@ def test_lora_trains_only_the_adapter_and_merges_exactly(tmp_path, base_model, t
     train = _write_jsonl(tmp_path / "train.jsonl", _sentiment_rows(64, 0))
     validation = _write_jsonl(tmp_path / "validation.jsonl", _sentiment_rows(16, 1))
     out = tmp_path / "lora"
-    metrics = ft.finetune("classification", base_model, train, validation, out,
-                          training_args={**QUICK, "num_train_epochs": 1},
+    metrics = ft.finetune(ft.FinetuneArguments("classification", base_model, train, validation),
+                          {**QUICK, "num_train_epochs": 1, "output_dir": out},
                           lora_args={"lora": True, "lora_r": 4, "merge": True})
     run = json.loads((out / "run.json").read_text())
     assert run["lora"]["r"] == 4 and run["lora"]["merged"] and run["lora"]["modules_to_save"] == ["score"]
@@ -799,7 +811,7 @@ def test_lora_trains_only_the_adapter_and_merges_exactly(tmp_path, base_model, t
     assert saved and all("lora_" in key or "score" in key for key in saved)
 
     # The merged model gives the adapted model's logits.
-    adapted = ft.load_finetuned(out / "adapter")
+    adapted = load_finetuned(out / "adapter")
     merged = AutoModelForSequenceClassification.from_pretrained(out)
     batch = tokenizer(["apple mango cherry", "river ocean"], padding=True, return_tensors="pt")
     with torch.no_grad():

@@ -19,13 +19,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import yuyan  # noqa: F401
 from yuyan.cli import main
-from yuyan.training.data import TextSource, load_documents, python_documentation, split_validation
-from yuyan.training.pretrain import (
-    EpochShuffleSampler,
-    ModelSettings,
-    resolve_config,
-)
-from yuyan.training.records import read_metrics, read_run
+from yuyan.corpus import TextSource, load_documents, python_documentation
+from yuyan.records import read_metrics, read_run
+from yuyan.training.packing import split_validation
+from yuyan.training.pretrain import ModelSettings, resolve_config
+from yuyan.training.pretrain.loop import EpochShuffleSampler
 
 from run_helpers import TINY, data_flags, free_port, run_cli
 
@@ -106,7 +104,7 @@ def test_sampler_order_depends_only_on_seed_and_epoch():
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
-    from yuyan.training.pretrain import new_schedule_plan, schedule_factor
+    from yuyan.training.pretrain.schedule import new_schedule_plan, schedule_factor
 
     # A plan fixed from the start (a step budget): linear warm-up, then cosine to the floor.
     plan = {**new_schedule_plan(4), "total_steps": 20, "fixed_by": "max_steps"}
@@ -126,7 +124,7 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 @pytest.mark.parametrize("warmup, planned_at, total", [(100, 13, 115), (5, 13, 115), (100, 13, 40), (10, 13, 14)])
 def test_a_schedule_fixed_mid_run_never_jumps_and_ends_at_the_floor(warmup, planned_at, total):
-    from yuyan.training.pretrain import fix_schedule, new_schedule_plan, schedule_factor
+    from yuyan.training.pretrain.schedule import fix_schedule, new_schedule_plan, schedule_factor
 
     plan = new_schedule_plan(warmup)
     before = [schedule_factor(step, plan, 0.1) for step in range(planned_at)]
@@ -144,7 +142,7 @@ def test_a_short_time_budget_planned_after_its_warm_up_still_reaches_the_peak():
     """3 minutes at 2 s a step: the step time is known at step 13, when the provisional 200-step warm-up is at
     7% and the run's own warm-up (a tenth of 94 steps) should be over; the rate climbs to the peak at the
     run's warm-up pace, then decays."""
-    from yuyan.training.pretrain import fix_schedule, new_schedule_plan, schedule_factor
+    from yuyan.training.pretrain.schedule import fix_schedule, new_schedule_plan, schedule_factor
 
     plan = new_schedule_plan(200)
     fix_schedule(plan, 94, 13, "max_minutes", 0.1)
@@ -374,11 +372,11 @@ def budget_run(corpus, output: Path, clock: WorkClock, dropout: float = 0.0, **t
 def test_bf16_on_a_cpu_without_native_bfloat16_warns_and_still_trains(tmp_path, corpus, capsys, monkeypatch, native):
     """bf16 autocast on an AVX2-only CPU runs ~20x slower than float32: the run says so up front, then trains (its
     LSTM layers in float32 where the CPU has no bf16 LSTM)."""
-    from yuyan.training import pretrain as pretrain_module
+    from yuyan.training.pretrain import run as pretrain_run
 
     from accelerate.state import AcceleratorState
 
-    monkeypatch.setattr(pretrain_module, "cpu_has_native_bfloat16", lambda: native)
+    monkeypatch.setattr(pretrain_run, "cpu_has_native_bfloat16", lambda: native)
     # Accelerate keeps one process-wide state, fixed by the first Accelerator (float32 in the other tests).
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
@@ -481,7 +479,7 @@ def test_resume_with_a_time_budget_is_exact(tmp_path, corpus, one_thread):
 def test_cpu_muon_takes_torchs_step_with_a_float32_orthogonalisation():
     """CpuMuon against torch.optim.Muon from the same weights and gradients: the same step up to torch's bfloat16
     rounding (which CpuMuon avoids), for a tall and a wide matrix, with momentum carried over a second step."""
-    from yuyan.training.pretrain import CpuMuon, newton_schulz_float32
+    from yuyan.training.pretrain.optimizers import CpuMuon, newton_schulz_float32
 
     torch.manual_seed(0)
     weights = [torch.randn(48, 16), torch.randn(16, 40)]
@@ -510,18 +508,18 @@ def test_cpu_muon_takes_torchs_step_with_a_float32_orthogonalisation():
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this torch has no torch.optim.Muon")
 def test_cpu_muon_orthogonalises_in_float32_only_without_native_bfloat16(monkeypatch):
     """float32 is the AVX2 path; where bf16 is native torch's own (bf16) step is the faster one."""
-    import yuyan.training.pretrain as pretrain
+    from yuyan.training.pretrain import optimizers
 
     torch.manual_seed(0)
     weight = torch.randn(32, 24)
     grad = torch.randn_like(weight)
     calls = []
-    monkeypatch.setattr(pretrain, "newton_schulz_float32",
+    monkeypatch.setattr(optimizers, "newton_schulz_float32",
                         lambda *a, **k: calls.append(1) or torch.zeros_like(a[0]))
     for native, float32 in ((True, False), (False, True)):
-        monkeypatch.setattr(pretrain, "cpu_has_native_bfloat16", lambda native=native: native)
+        monkeypatch.setattr(optimizers, "cpu_has_native_bfloat16", lambda native=native: native)
         param = torch.nn.Parameter(weight.clone())
-        optimizer = pretrain.CpuMuon([param], lr=0.02, weight_decay=0.0)
+        optimizer = optimizers.CpuMuon([param], lr=0.02, weight_decay=0.0)
         assert optimizer.float32 is float32
         param.grad = grad.clone()
         optimizer.step()

@@ -1,4 +1,4 @@
-"""yuyan.training.tasks: the one table of fine-tuning tasks, and the pipelines Yuyan registers."""
+"""yuyan.tasks: the one table of fine-tuning tasks, each with its recipe; and the pipelines Yuyan registers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from transformers import pipelines
 
 import yuyan
 from yuyan.pipelines import register_pipelines
-from yuyan.training.tasks import TASKS, get_task, task_for_pipeline
-from yuyan.training.tasks.question_answering import QuestionAnsweringPipeline
+from yuyan.pipelines.question_answering import QuestionAnsweringPipeline
+from yuyan.tasks import TASKS, get_task, task_for_pipeline
+from yuyan.training.recipes import recipe_of
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -17,7 +18,7 @@ def test_each_task_loads_as_its_auto_class_and_has_a_recipe(name):
     task = TASKS[name]
     auto_class = getattr(transformers, task.auto_class)
     assert auto_class._model_mapping[yuyan.YuyanConfig] is task.model_class, "the card's Auto class loads it"
-    assert callable(task.recipe.prepare)
+    assert callable(recipe_of(task).prepare)
     assert task_for_pipeline(task.pipeline_task) is task
     assert all(get_task(alias) is task for alias in (name, *task.aliases))
 

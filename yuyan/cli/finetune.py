@@ -76,24 +76,7 @@ def run(args: argparse.Namespace) -> None:
     from yuyan.training.finetune import finetune
 
     finetune_args, data_args, lora_args, training_args = split_namespace(args)
-    result = finetune(
-        finetune_args.task,
-        finetune_args.model_name_or_path,
-        finetune_args.train_file,
-        finetune_args.validation_file,
-        training_args.output_dir,
-        training_args=training_args,
-        data_args=data_args,
-        lora_args=lora_args,
-        tokenizer=finetune_args.tokenizer_name_or_path,
-        overwrite=finetune_args.overwrite,
-        ignore_mismatched_sizes=finetune_args.ignore_mismatched_sizes,
-        test_file=finetune_args.test_file,
-        config_overrides=finetune_args.config_overrides,
-        reset_unseen_tokens=finetune_args.reset_unseen_tokens,
-        layer_lr_decay=finetune_args.layer_lr_decay,
-        leading_space=finetune_args.leading_space,
-    )
+    result = finetune(finetune_args, training_args, data_args, lora_args)
     shown = ", ".join(f"{name} {value:.4g}" for name, value in result["metrics"].items())
     print(f"{result['task']}: {shown} (validation); saved to {training_args.output_dir}")
     if result.get("test_metrics"):

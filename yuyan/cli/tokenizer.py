@@ -73,7 +73,7 @@ def build(subparsers, name: str, help: str):
 
 def run_train(args) -> None:
     from yuyan.tokenization.bpe import train_tokenizer
-    from yuyan.tokenization.data import iter_dataset_texts
+    from yuyan.corpus import iter_dataset_texts
     from yuyan.tokenization.word import train_word_tokenizer
 
     if (args.data is None) == (args.dataset is None):

@@ -13,8 +13,9 @@ where `yuyan` is not installed:
 
 The command line does the same: `yuyan tokenizer train --data 'corpus/*.txt' --vocab-size 8192 --output my-tokenizer`.
 
-The streaming readers (`iter_texts`, `iter_dataset_texts`, `limit_texts`) are reusable wherever a corpus is read.
-Names are imported lazily, so `import yuyan.tokenization` does not load `tokenizers` or `transformers`.
+The tokenizer reads its corpus with the streaming readers of `yuyan.corpus` (`iter_texts`, `iter_dataset_texts`),
+as pretraining and fine-tuning do. Names are imported lazily, so `import yuyan.tokenization` does not load
+`tokenizers` or `transformers`.
 """
 
 from __future__ import annotations
@@ -43,17 +44,6 @@ _EXPORTS = {
     # yuyan.tokenization.word
     "build_word_backend_tokenizer": "word",
     "train_word_tokenizer": "word",
-    # yuyan.tokenization.data
-    "SUPPORTED_SUFFIXES": "data",
-    "TXT_SPLITS": "data",
-    "expand_paths": "data",
-    "is_supported_file": "data",
-    "iter_dataset_texts": "data",
-    "iter_file_texts": "data",
-    "iter_texts": "data",
-    "limit_texts": "data",
-    "load_dataset_split": "data",
-    "texts_from_records": "data",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -227,7 +227,7 @@ class _CountingIterator:
 
 
 def _source_iterator(texts, files, text_column: str, txt_split: str, separator: str | None) -> tuple[Iterator[str], str]:
-    from .data import iter_texts, texts_from_records
+    from yuyan.corpus import iter_texts, texts_from_records
 
     if (texts is None) == (files is None):
         raise ValueError("pass exactly one of texts=... (an iterable of strings or a dataset) or files=... (paths or globs)")
@@ -243,7 +243,7 @@ def _open_corpus(texts, files, text_column, txt_split, separator, max_texts, max
     """The corpus as one stream of texts (limited by `max_texts` / `max_bytes`) that counts what it yields into the
     returned `CorpusStats`. An empty corpus is reported here, before any training. Texts that are only whitespace
     before the first real one are dropped: with nothing else they would train a vocabulary of whitespace."""
-    from .data import limit_texts
+    from yuyan.corpus import limit_texts
 
     stream, source = _source_iterator(texts, files, text_column, txt_split, separator)
     stream = limit_texts(stream, max_texts=max_texts, max_bytes=max_bytes)

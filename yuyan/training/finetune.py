@@ -1,14 +1,15 @@
 """Fine-tune a pretrained Yuyan model for a task with the transformers `Trainer`.
 
 ```python
->>> from yuyan.training.finetune import finetune
->>> result = finetune("classification", "runs/small-hybrid", "sst2/train.tsv", "sst2/test.tsv", "runs/sst2",
-...                   training_args={"learning_rate": 1e-3, "num_train_epochs": 2},
+>>> from yuyan.training.finetune import FinetuneArguments, finetune
+>>> result = finetune(FinetuneArguments("classification", "runs/small-hybrid", "sst2/train.tsv", "sst2/test.tsv"),
+...                   {"output_dir": "runs/sst2", "learning_rate": 1e-3, "num_train_epochs": 2},
 ...                   data_args={"text_column": "sentence", "class_names": ["negative", "positive"]})
 >>> result["metrics"]["accuracy"]
 ```
 
-or on the command line, with every `TrainingArguments` field as a flag (`--learning_rate` or `--learning-rate`):
+or on the command line, the same four groups of arguments as flags, with every `TrainingArguments` field as a flag
+(`--learning_rate` or `--learning-rate`):
 
     yuyan finetune --task classification --model runs/small-hybrid --train sst2/train.tsv \\
         --validation sst2/test.tsv --output runs/sst2 --text-column sentence --num_train_epochs 2
@@ -23,7 +24,8 @@ Tasks (the pipeline the output folder then serves):
 | `text-generation`       | `YuyanForCausalLM`                | prompt, completion                      | rougeL, chrf, bleu       |
 
 Every task also reports the validation `loss`. Data files: CSV, TSV, JSON, JSONL, SQuAD v1.1 JSON
-(`yuyan.training.tasks.data`); how each task encodes its examples is in its module under `yuyan.training.tasks`.
+(`yuyan.training.recipes.tables`); how each task encodes its examples is its recipe, a module of
+`yuyan.training.recipes`.
 
 Yuyan models are causal: each position sees only the text to its left. A classifier reads the last token's state
 (it has seen everything; `config_overrides="classifier_pooling=mean"` averages every token's instead;
@@ -51,7 +53,8 @@ Output folder:
 
     OUTPUT/
       config.json, model.safetensors, modeling code   the fine-tuned model (loads with AutoModelFor..., pipeline)
-        -- or, with --lora: adapter_config.json, adapter_model.safetensors (the adapter; `load_finetuned` loads it)
+        -- or, with --lora: adapter_config.json, adapter_model.safetensors (the adapter, which
+           `yuyan.loading.load_finetuned` loads)
         -- with --lora --merge: the merged model here, and the adapter in OUTPUT/adapter/
       tokenizer files                                 the tokenizer (with `<|endoftext|>` between pair texts)
       metrics.json                                    {"task", "base_model", "metrics", "dataset", ...}
@@ -66,7 +69,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import platform
 import re
@@ -80,8 +82,9 @@ import torch
 
 from yuyan.files import check_output_folder, move_into, staging_dir
 from yuyan.modeling import LORA_TARGET_MODULES
-from yuyan.training.records import METRICS_FILE, RUN_FILE, FinetuneMetrics, FinetuneRun, read_run
-from yuyan.training.tasks import TASKS, Task, get_task
+from yuyan.records import METRICS_FILE, FinetuneMetrics, FinetuneRun
+from yuyan.tasks import TASKS, Task, get_task
+from yuyan.training.recipes import recipe_of
 
 DEFAULT_LORA_TARGETS = list(LORA_TARGET_MODULES)
 # TrainingArguments defaults that suit a laptop CPU better than transformers' own; any flag overrides them.
@@ -106,7 +109,7 @@ _TEXT_CONFIG_FIELDS = ("classifier_pooling", "classifier_reading")
 
 @dataclass
 class FinetuneArguments:
-    """What to fine-tune, on what."""
+    """What to fine-tune, on what: the first argument of `finetune`."""
 
     task: str = field(metadata={"help": "the task", "choices": list(TASKS)})
     model_name_or_path: str = field(
@@ -483,56 +486,45 @@ def _validation_metrics(evaluation: dict[str, float], prefix: str = "eval") -> d
 
 
 def finetune(
-    task: str,
-    model: str,
-    train_file: str | os.PathLike,
-    validation_file: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    *,
-    training_args: Any = None,
+    args: FinetuneArguments | dict,
+    training_args: Any,
     data_args: DataArguments | dict | None = None,
     lora_args: LoraArguments | dict | None = None,
-    tokenizer: str | None = None,
-    overwrite: bool = False,
-    ignore_mismatched_sizes: bool = False,
-    test_file: str | os.PathLike | None = None,
+    *,
     callbacks: list | None = None,
-    config_overrides: dict[str, Any] | str | None = None,
-    reset_unseen_tokens: list[str | os.PathLike] | None = None,
-    layer_lr_decay: float | None = None,
-    leading_space: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune `model` (a Yuyan folder or Hub id) for `task` and save it in `output_dir`; returns metrics.json.
+    """Fine-tune `args.model_name_or_path` (a Yuyan folder or Hub id) for `args.task` and save it in the output
+    folder; returns metrics.json. The four arguments are the four groups of `yuyan finetune`'s flags.
 
-    `training_args`: a `TrainingArguments` (its output_dir is set to `output_dir`) or a dict of its fields on top
-    of `TRAINING_DEFAULTS`. `data_args` / `lora_args`: `DataArguments` / `LoraArguments` or dicts of their fields.
-    `test_file`: data scored once after training (`metrics.json` "test_metrics"), so that the validation file can
-    serve model selection (`load_best_model_at_end`) without the reported score choosing the model.
+    `args`: a `FinetuneArguments` (or a dict of its fields): the task, model, data files and run options.
+    `config_overrides` may also be a dict here (`{"hidden_dropout": 0.1}`); `reset_unseen_tokens`: the text files
+    the model was pretrained on, whose unseen tokens get fresh embeddings (`yuyan.training.unseen_tokens`);
+    `layer_lr_decay`: see `layer_lr_scales`; `test_file`: data scored once after training (metrics.json
+    "test_metrics"), so that the validation file can serve model selection (`load_best_model_at_end`) without the
+    reported score choosing the model.
+    `training_args`: a `TrainingArguments`, or a dict of its fields on top of `TRAINING_DEFAULTS`; its `output_dir`
+    is the output folder.
+    `data_args` / `lora_args`: `DataArguments` / `LoraArguments` or dicts of their fields.
     `callbacks`: Trainer callbacks (e.g. `EarlyStoppingCallback`).
-    `config_overrides`: model config fields for this run (`FINETUNE_CONFIG_FIELDS`, e.g. `{"hidden_dropout": 0.1}`),
-    a dict or a "key=value,key=value" string; they are saved with the fine-tuned model.
-    `reset_unseen_tokens`: the text files the model was pretrained on; the tokens that never occur in them get
-    fresh embeddings before training (`yuyan.training.unseen_tokens`).
-    `layer_lr_decay`: each layer below the head trains at this times the rate of the one above (`layer_lr_scales`).
-    `leading_space`: the tokenizer reads each text as if it started with a space (`yuyan.tokenization.
-    add_leading_space`); the fine-tuned model's tokenizer keeps doing so.
     """
     from transformers import set_seed
 
     # Setup: everything that can be wrong with the inputs is found before the model is loaded.
-    task_spec = get_task(task)
+    args = _coerce(FinetuneArguments, args, "fine-tuning arguments")
+    task_spec = get_task(args.task)
     data_args = _coerce(DataArguments, data_args, "data arguments")
     lora_args = _coerce(LoraArguments, lora_args, "LoRA arguments")
-    output = Path(output_dir)
-    training_args = _training_arguments(training_args, output)
-    check_output_folder(output, overwrite or training_args.resume_from_checkpoint is not None,
+    training_args = _training_arguments(training_args)
+    output = Path(training_args.output_dir)
+    check_output_folder(output, args.overwrite or training_args.resume_from_checkpoint is not None,
                         "pass --overwrite to write into it, or --resume_from_checkpoint to continue its run")
     if lora_args.merge and not lora_args.lora:
         raise ValueError("--merge merges a LoRA adapter: give --lora too")
-    config_overrides = parse_config_overrides(config_overrides)
+    config_overrides = parse_config_overrides(args.config_overrides)
+    layer_lr_decay, reset_unseen_tokens = args.layer_lr_decay, args.reset_unseen_tokens
     check_layer_lr_decay(layer_lr_decay)
-    inputs = prepare_inputs(task_spec, model, tokenizer, data_args, train_file, validation_file, test_file,
-                            config_overrides, leading_space)
+    inputs = prepare_inputs(task_spec, args.model_name_or_path, args.tokenizer_name_or_path, data_args,
+                            args.train_file, args.validation_file, args.test_file, config_overrides, args.leading_space)
     seen = None
     if reset_unseen_tokens:
         from yuyan.training.unseen_tokens import token_counts
@@ -540,19 +532,19 @@ def finetune(
         seen = token_counts(inputs.tokenizer, reset_unseen_tokens, inputs.config.vocab_size) > 0
     set_seed(training_args.seed)
     task_model, parameters, targets, redrawn = load_task_model(task_spec, inputs, lora_args,
-                                                               ignore_mismatched_sizes, seen, training_args.seed)
+                                                               args.ignore_mismatched_sizes, seen, training_args.seed)
 
     # Fit, evaluate, save.
     trainer, train_seconds = fit(task_model, training_args, inputs, callbacks, layer_lr_decay)
     validation_metrics, test_metrics = evaluate(trainer, inputs)
     metrics = FinetuneMetrics(
         task=task_spec.pipeline_task,
-        base_model=str(model),
+        base_model=str(args.model_name_or_path),
         metrics=validation_metrics,
-        dataset=str(train_file),
-        validation_data=str(validation_file),
+        dataset=str(args.train_file),
+        validation_data=str(args.validation_file),
         test_metrics=test_metrics,
-        test_data=str(test_file) if test_metrics is not None else None,
+        test_data=str(args.test_file) if test_metrics is not None else None,
         train_seconds=round(train_seconds, 3),
         parameters=parameters,
         layer_types=list(inputs.config.layer_types),
@@ -562,7 +554,7 @@ def finetune(
     run = run_record(task_spec, trainer, inputs, data_args, lora_args, targets)
     if layer_lr_decay is not None:
         run.training["layer_lr_decay"] = layer_lr_decay
-    if leading_space:
+    if args.leading_space:
         run.training["leading_space"] = True
     if reset_unseen_tokens:
         run.training["reset_unseen_tokens"] = {"files": [str(file) for file in reset_unseen_tokens],
@@ -594,13 +586,23 @@ class FinetuneInputs:
     config_overrides: dict[str, float | str] = field(default_factory=dict)
 
 
-def _training_arguments(training_args: Any, output: Path):
+def _training_arguments(training_args: Any):
+    """`TrainingArguments` from one or from a dict of its fields; either must name the output folder (`output_dir`)."""
     from transformers import TrainingArguments
 
     if isinstance(training_args, TrainingArguments):
-        training_args.output_dir = os.fspath(output)
+        if not training_args.output_dir:
+            raise ValueError("give the output folder: TrainingArguments(output_dir=...) (--output)")
+        training_args.output_dir = os.fspath(Path(training_args.output_dir))
         return training_args
-    return make_training_arguments(output, **(training_args or {}))
+    if training_args is not None and not isinstance(training_args, dict):
+        raise ValueError(f"training arguments must be a TrainingArguments or a dict, "
+                         f"not {type(training_args).__name__}")
+    values = dict(training_args or {})
+    output_dir = values.pop("output_dir", None)
+    if not output_dir:
+        raise ValueError("give the output folder: training_args={'output_dir': ...} (--output)")
+    return make_training_arguments(Path(output_dir), **values)
 
 
 def prepare_inputs(task: Task, model: str, tokenizer: str | None, data_args: DataArguments, train_file,
@@ -608,7 +610,7 @@ def prepare_inputs(task: Task, model: str, tokenizer: str | None, data_args: Dat
                    leading_space: bool = False) -> FinetuneInputs:
     """Check the model, load the tokenizer and the data, and let the task's recipe encode the examples."""
     from yuyan.modeling import YuyanConfig
-    from yuyan.training.tasks.data import limit, load_table
+    from yuyan.training.recipes.tables import limit, load_table
 
     model_path = check_yuyan_model(model)
     config = YuyanConfig.from_pretrained(model_path, **(config_overrides or {}))
@@ -630,13 +632,13 @@ def prepare_inputs(task: Task, model: str, tokenizer: str | None, data_args: Dat
     max_length = resolve_max_length(task, data_args.max_seq_length, tokenizer_obj, config)
     train = limit(load_table(train_file, data_args.delimiter), data_args.max_train_samples)
     validation = limit(load_table(validation_file, data_args.delimiter), data_args.max_eval_samples)
-    setup = task.recipe.prepare(train, validation, tokenizer_obj, data_args, str(train_file), str(validation_file),
+    setup = recipe_of(task).prepare(train, validation, tokenizer_obj, data_args, str(train_file), str(validation_file),
                                 max_length)
     test_setup = None
     if test_file is not None:
         # The same recipe with the test rows in the validation place: labels checked against the training set.
         test = limit(load_table(test_file, data_args.delimiter), data_args.max_eval_samples)
-        test_setup = task.recipe.prepare(train, test, tokenizer_obj, data_args, str(train_file), str(test_file),
+        test_setup = recipe_of(task).prepare(train, test, tokenizer_obj, data_args, str(train_file), str(test_file),
                                          max_length)
     return FinetuneInputs(model_path, config, tokenizer_obj, max_length, str(train_file), str(validation_file),
                           len(train), len(validation), setup, test_setup, dict(config_overrides or {}))
@@ -803,34 +805,6 @@ def save_output(output: Path, trained, tokenizer, lora: bool, merge: bool, run: 
     write_card(output, metrics, run)
 
 
-def load_finetuned(folder: str | os.PathLike, **kwargs):
-    """The model a fine-tuning run saved in `folder`: a full model loads with its Auto class; a LoRA adapter is
-    put on its base model, with the task head configured from run.json (label names), as a `PeftModel`."""
-    folder = Path(folder)
-    run_folder = next((p for p in (folder, folder.parent) if (p / RUN_FILE).is_file()), None)
-    if run_folder is None:
-        raise FileNotFoundError(f"{folder} has no run.json: not a fine-tuning output")
-    run = read_run(run_folder, finetuning=True)
-    task = get_task(run.task)
-    if (folder / "config.json").is_file():
-        return task.model_class.from_pretrained(folder, **kwargs)
-    adapter_config = folder / "adapter_config.json"
-    if not adapter_config.is_file():
-        raise FileNotFoundError(f"{folder} holds neither a model (config.json) nor an adapter (adapter_config.json)")
-    from peft import PeftModel
-
-    from yuyan.training.tasks.base import config_labels
-
-    base = json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
-    labels = run.data.get("labels")
-    updates = config_labels(labels) if labels and task.has_labels else {}
-    model = task.model_class.from_pretrained(base, **updates, **kwargs)
-    if task.name == "question-answering":
-        model.config.question_answering = {"max_seq_length": run.data["max_seq_length"],
-                                           "doc_stride": run.data["doc_stride"]}
-    return PeftModel.from_pretrained(model, str(folder))
-
-
 __all__ = [
     "DataArguments",
     "FinetuneArguments",
@@ -839,7 +813,6 @@ __all__ = [
     "apply_lora",
     "check_yuyan_model",
     "finetune",
-    "load_finetuned",
     "make_training_arguments",
     "tokenization_with_pair_separator",
 ]

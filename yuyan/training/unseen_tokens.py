@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import torch
 
-from yuyan.tokenization.data import iter_texts
+from yuyan.corpus import iter_texts
 
 LINES_PER_BATCH = 1000
 

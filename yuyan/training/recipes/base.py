@@ -7,11 +7,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from yuyan.tasks import config_labels
+
 
 @dataclass
 class TaskSetup:
     """What a task needs for one dataset (the driver, `yuyan.training.finetune`, takes the task's model class and
-    pipeline task from the registry, `yuyan.training.tasks.TASKS`); built before the model is loaded."""
+    pipeline task from the table, `yuyan.tasks.TASKS`); built before the model is loaded."""
 
     train_dataset: Any
     eval_dataset: Any
@@ -79,14 +81,6 @@ def check_known(values: Iterable[str], known: Sequence[str], where: str, what: s
         raise ValueError(f"{where}: {what}(s) {shown} not among the training {what}s ({listed})")
 
 
-def config_labels(labels: Sequence[str]) -> dict[str, Any]:
-    return {
-        "num_labels": len(labels),
-        "id2label": {index: label for index, label in enumerate(labels)},
-        "label2id": {label: index for index, label in enumerate(labels)},
-    }
-
-
 def labelled_head(labels: Sequence[str]) -> dict[str, Any]:
     """The `TaskSetup` fields of a task whose new `score` head predicts one of `labels` (classification,
     tagging): the head trained whole under LoRA, the label names in the config, argmax predictions kept."""
@@ -108,7 +102,6 @@ __all__ = [
     "TaskSetup",
     "argmax_logits",
     "check_known",
-    "config_labels",
     "first_logits",
     "label_name",
     "ordered_labels",

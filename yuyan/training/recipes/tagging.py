@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .base import TaskSetup, check_known, label_name, labelled_head, ordered_labels
-from .data import check_columns, pick_column
+from .tables import check_columns, pick_column
 
 TOKENS_CANDIDATES = ("tokens", "words")
 TAGS_CANDIDATES = ("tags", "ner_tags", "labels", "pos_tags")

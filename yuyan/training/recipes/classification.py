@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .base import TaskSetup, check_known, label_name, labelled_head, ordered_labels
-from .data import as_text, check_columns, pick_column
+from .tables import as_text, check_columns, pick_column
 
 TEXT_CANDIDATES = ("text", "sentence", "content", "document", "review")
 

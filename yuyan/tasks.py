@@ -1,24 +1,17 @@
-"""Task recipes for `yuyan.training.finetune`: data loading, preprocessing, metrics and post-processing per task.
+"""The fine-tuning tasks, in one table (`TASKS`): per task its model class, the pipeline task its folders serve, its
+default length, its recipe and its aliases. Fine-tuning (`yuyan.training.finetune`), the loader
+(`yuyan.loading.load_finetuned`), the question-answering pipeline (`yuyan.pipelines`) and the model cards
+(`yuyan.cards`) read it.
 
-- `data`: CSV / TSV / JSON / JSONL / SQuAD v1.1 files → `datasets.Dataset`, column checks.
-- `classification`: text (+ pair) → label; accuracy, macro-F1.
-- `tagging`: words + tags → per-token labels (first sub-token labelled); entity F1 over BIO chunks.
-- `question_answering`: SQuAD-style extractive QA: windows with a stride, n-best spans, SQuAD EM / F1, and the
-  `question-answering` pipeline that transformers 5 no longer ships (registered by `yuyan.pipelines`).
-- `generation`: prompt → completion with the loss on the completion only; ROUGE-L / chrF / BLEU of greedy outputs.
-
-The registry below (`TASKS`) is the one table of the tasks: per task its model class, pipeline task, default
-length, recipe module (data preparation and metrics) and aliases. Fine-tuning, loading and the model cards read it.
-
-Nothing here imports `datasets` at module level except `data`; `question_answering` imports only torch, numpy and
-transformers, so `import yuyan` can register its pipeline cheaply.
+How each task is trained (data preparation, metrics) is its recipe, a module of `yuyan.training.recipes`; this
+table names it and imports nothing from training, so that everything below training can read the table.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import ModuleType
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -38,7 +31,7 @@ class Task:
     default_max_length: int
     """Tokens per example when `--max-seq-length` is not given."""
     recipe_module: str
-    """The module under `yuyan.training.tasks` that prepares the data and computes the metrics (`prepare`)."""
+    """The module under `yuyan.training.recipes` that prepares the data and computes the metrics (`prepare`)."""
     phrase: str
     """The task in words, for the model card."""
     has_labels: bool = False
@@ -50,10 +43,6 @@ class Task:
         from yuyan import modeling
 
         return getattr(modeling, self.model_class_name)
-
-    @property
-    def recipe(self) -> ModuleType:
-        return importlib.import_module(f"{__name__}.{self.recipe_module}")
 
 
 TASKS: dict[str, Task] = {
@@ -93,4 +82,14 @@ def task_for_pipeline(pipeline_task: str) -> Task:
     )
 
 
-__all__ = ["TASKS", "Task", "get_task", "task_for_pipeline"]
+def config_labels(labels: Sequence[str]) -> dict[str, Any]:
+    """The config fields of a head that predicts one of `labels` (classification, tagging): how fine-tuning builds
+    the head and how the loader rebuilds it under a LoRA adapter."""
+    return {
+        "num_labels": len(labels),
+        "id2label": {index: label for index, label in enumerate(labels)},
+        "label2id": {label: index for index, label in enumerate(labels)},
+    }
+
+
+__all__ = ["TASKS", "Task", "config_labels", "get_task", "task_for_pipeline"]

@@ -1,31 +1,47 @@
-"""Streaming text readers: local files (txt, JSON Lines, JSON arrays, CSV/TSV, Parquet) and `datasets` datasets.
+"""The texts of a corpus, read as a stream: one module for tokenizer training, pretraining and fine-tuning.
 
-Every reader is a generator that holds one record (or one 1 MiB read buffer) at a time, so memory stays flat however
-large the corpus. The tokenizer trainer uses them, and so can any other code that needs the texts of a corpus
-(pretraining, for example):
+Readers. Local files (txt, JSON Lines, JSON arrays, CSV/TSV, Parquet) and `datasets` datasets. Every reader is a
+generator that holds one record (or one 1 MiB read buffer) at a time, so memory stays flat however large the
+corpus:
 
 ```python
->>> from yuyan.tokenization import iter_texts
+>>> from yuyan.corpus import iter_texts
 >>> for text in iter_texts(["corpus/*.jsonl", "notes.txt"], text_column="text", max_bytes=10_000_000):
 ...     ...
 ```
 
 Errors are raised as `ValueError` / `FileNotFoundError` with the file (and line) that caused them. Generators raise
 lazily, so call `expand_paths` first to check that every file exists and is readable before doing anything costly.
+
+Sources. A `TextSource` is where a run's documents come from: local files, a `datasets` dataset (a Hub name, a
+local data folder or a `save_to_disk` folder), or the embedded default corpus: the English documentation that
+ships inside Python itself (`python_documentation`), built at run time. `load_documents` turns a source into a
+`datasets` dataset with one `text` column (streaming: an `IterableDataset`), which pretraining tokenises and packs
+(`yuyan.training.packing`).
+
+Nothing here imports `datasets` until a dataset is read.
 """
 
 from __future__ import annotations
 
+import ast
 import bz2
 import csv
 import glob
 import gzip
+import hashlib
 import json
 import lzma
 import os
+import sys
+import sysconfig
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import datasets
 
 # Suffixes read as text; a trailing compression suffix (.gz, .bz2, .xz) is also accepted, except for Parquet.
 TEXT_SUFFIXES = (".txt", ".text", ".md")
@@ -453,15 +469,146 @@ def load_dataset_split(name: str, config: str | None, *, split: str, streaming: 
         raise ValueError(f"could not load dataset {name!r} (config {config!r}, split {split!r}): {message}") from error
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Sources: where a run's documents come from
+# ---------------------------------------------------------------------------------------------------------------
+
+TEXT_COLUMN = "text"
+
+
+@dataclass
+class TextSource:
+    """Where the documents come from: `files`, a `dataset` name, or neither (the embedded corpus)."""
+
+    files: Sequence[str] = field(default_factory=list)
+    dataset: str | None = None
+    dataset_config: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    streaming: bool = False
+    # How a .txt file is cut into documents: "paragraph" (blank-line separated; WikiText, books), "line", "file".
+    txt_split: str = "paragraph"
+
+    def __post_init__(self):
+        if self.files and self.dataset:
+            raise ValueError("give either data files or a dataset name, not both")
+        if self.files:
+            expand_paths(list(self.files))  # fails now, naming the file, if one is missing or unreadable
+
+    @property
+    def description(self) -> str:
+        if self.files:
+            return ", ".join(str(f) for f in self.files)
+        if self.dataset:
+            return f"{self.dataset}" + (f" ({self.dataset_config})" if self.dataset_config else "") + f" [{self.split}]"
+        return "the embedded Python documentation corpus"
+
+    def texts(self) -> Iterator[str]:
+        if self.files:
+            return iter_texts(list(self.files), text_column=self.text_column, txt_split=self.txt_split)
+        if self.dataset:
+            return iter_dataset_texts(
+                self.dataset, self.dataset_config, split=self.split, text_column=self.text_column, streaming=True
+            )
+        return iter(python_documentation())
+
+    def fingerprint(self) -> str:
+        """Changes when the source's content may have changed: file paths, sizes and modification times."""
+        parts = [self.dataset or "", self.dataset_config or "", self.split, self.text_column, self.txt_split]
+        for path in expand_paths(list(self.files)) if self.files else []:
+            stat = path.stat()
+            parts.append(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+        if not self.files and not self.dataset:
+            parts.append(sys.version)
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _generate_documents(source: TextSource, fingerprint: str) -> Iterator[dict]:
+    # `fingerprint` is unused here: it is part of gen_kwargs so that `datasets` caches per source content.
+    for text in source.texts():
+        yield {TEXT_COLUMN: text}
+
+
+def load_documents(source: TextSource) -> datasets.Dataset | datasets.IterableDataset:
+    """The source's documents as a dataset with one `text` column (streaming: an `IterableDataset`)."""
+    import datasets
+
+    if source.dataset and not source.streaming:
+        dataset = load_dataset_split(source.dataset, source.dataset_config, split=source.split, streaming=False)
+        if source.text_column not in dataset.column_names:
+            raise ValueError(
+                f"dataset {source.dataset!r} has no {source.text_column!r} column (columns: {dataset.column_names}); "
+                "choose one with --text-column"
+            )
+        dataset = dataset.select_columns([source.text_column])
+        if source.text_column != TEXT_COLUMN:
+            dataset = dataset.rename_column(source.text_column, TEXT_COLUMN)
+        return dataset.filter(lambda text: bool(text), input_columns=[TEXT_COLUMN])
+    kwargs = {"source": source, "fingerprint": source.fingerprint()}
+    if source.streaming:
+        return datasets.IterableDataset.from_generator(_generate_documents, gen_kwargs=kwargs)
+    try:
+        return datasets.Dataset.from_generator(_generate_documents, gen_kwargs=kwargs)
+    except datasets.exceptions.DatasetGenerationError as error:
+        # The reader's own message (file, line, what is wrong) is the useful part.
+        raise (error.__cause__ if isinstance(error.__cause__, ValueError) else error) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The embedded corpus: documentation that ships inside Python
+# ---------------------------------------------------------------------------------------------------------------
+
+_SKIPPED_STDLIB_PARTS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3"}
+
+
+def python_documentation(max_bytes: int | None = None) -> list[str]:
+    """English documents from Python itself: the reference topics of `pydoc_data.topics` (the text of `help()`),
+    then the module, class and function docstrings of the standard library, read with `ast` (nothing is
+    imported or run). Built fresh each time, in a fixed order: about 2 MB of text on CPython 3.11."""
+    documents: list[str] = []
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # a trimmed Python without pydoc_data: the docstrings alone still make a corpus
+        topics = {}
+    for name in sorted(topics):
+        documents.append(topics[name].strip())
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(stdlib.rglob("*.py")):
+        relative = path.relative_to(stdlib)
+        if _SKIPPED_STDLIB_PARTS.intersection(relative.parts) or path.name.startswith("test_"):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in [tree, *ast.walk(tree)]:
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                docstring = ast.get_docstring(node)
+                # Short docstrings ("Return self.") teach little and repeat a lot.
+                if docstring and len(docstring) >= 200:
+                    documents.append(docstring)
+        if max_bytes is not None and sum(map(len, documents)) >= max_bytes:
+            break
+    documents = [d for d in documents if d]
+    if not documents:
+        raise ValueError("this Python ships no documentation to build the embedded corpus from; give --data")
+    return documents
+
+
 __all__ = [
     "SUPPORTED_SUFFIXES",
+    "TEXT_COLUMN",
     "TXT_SPLITS",
+    "TextSource",
     "expand_paths",
     "is_supported_file",
     "iter_dataset_texts",
-    "load_dataset_split",
     "iter_file_texts",
     "iter_texts",
     "limit_texts",
+    "load_dataset_split",
+    "load_documents",
+    "python_documentation",
     "texts_from_records",
 ]

@@ -1,4 +1,4 @@
-"""yuyan.training.records: run.json and metrics.json read and written as they have always been."""
+"""yuyan.records: run.json and metrics.json read and written as they have always been."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from yuyan.training.records import (
+from yuyan.records import (
     FinetuneMetrics,
     FinetuneRun,
     PretrainMetrics,

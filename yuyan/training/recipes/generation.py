@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .data import as_text
+from .tables import as_text
 
 PROMPT_CANDIDATES = ("prompt", "source", "input", "instruction", "question", "text")
 COMPLETION_CANDIDATES = ("completion", "target", "output", "response", "answer", "summary")
@@ -240,7 +240,7 @@ def prepare(train, validation, tokenizer, data_args, train_path: str, validation
 
 
     from .base import TaskSetup
-    from .data import check_columns, pick_column
+    from .tables import check_columns, pick_column
 
     check_metric_packages()
     prompt_column = pick_column(train, train_path, data_args.prompt_column, PROMPT_CANDIDATES, "--prompt-column")

@@ -1,9 +1,9 @@
-"""The transformers pipelines Yuyan adds, registered in one place, once (by `import yuyan`).
+"""The transformers pipelines Yuyan adds, one module each, registered here, once (by `import yuyan`).
 
-transformers 5 removed its `question-answering` pipeline; Yuyan's own (`QuestionAnsweringPipeline`, beside the
-task's windowing and span search in `yuyan.training.tasks.question_answering`) takes its place, so that
-`pipeline("question-answering", model=folder)` works for the folders `yuyan finetune --task question-answering`
-writes. Where transformers still ships the pipeline, its own is left alone.
+transformers 5 removed its `question-answering` pipeline; Yuyan's own (`QuestionAnsweringPipeline`, with the
+windowing and span search that fine-tuning shares, in `yuyan.pipelines.question_answering`) takes its place, so
+that `pipeline("question-answering", model=folder)` works for the folders `yuyan finetune --task
+question-answering` writes. Where transformers still ships the pipeline, its own is left alone.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ def register_pipelines() -> None:
     """Register the pipelines transformers lacks; a second call changes nothing."""
     from transformers import AutoModelForQuestionAnswering, pipelines
 
-    from yuyan.training.tasks.question_answering import QuestionAnsweringPipeline
+    from yuyan.pipelines.question_answering import QuestionAnsweringPipeline
 
     removed = getattr(pipelines, "REMOVED_TASKS", {})
     supported = pipelines.PIPELINE_REGISTRY.supported_tasks
