@@ -239,7 +239,7 @@ def load_finetuned(folder: str | os.PathLike, **kwargs):
     run = read_run(run_folder, finetuning=True)
     task = get_task(run.task)
     if (folder / "config.json").is_file():
-        return task.model_class.from_pretrained(folder, **kwargs)
+        return load_pretrained(task.model_class, folder, **kwargs)
     adapter_config = folder / "adapter_config.json"
     if not adapter_config.is_file():
         raise FileNotFoundError(f"{folder} holds neither a model (config.json) nor an adapter (adapter_config.json)")
@@ -248,7 +248,7 @@ def load_finetuned(folder: str | os.PathLike, **kwargs):
     base = json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
     labels = run.data.get("labels")
     updates = config_labels(labels) if labels and task.has_labels else {}
-    model = task.model_class.from_pretrained(base, **updates, **kwargs)
+    model = load_pretrained(task.model_class, base, **updates, **kwargs)
     if task.name == "question-answering":
         model.config.question_answering = {"max_seq_length": run.data["max_seq_length"],
                                            "doc_stride": run.data["doc_stride"]}

@@ -411,21 +411,19 @@ def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path,
         return ft.FinetuneArguments("classification", base_model, train, validation, config_overrides=config_overrides)
 
     out = tmp_path / "out"
-    ft.finetune(classification("hidden_dropout=0.2, attention_dropout=0.3, classifier_pooling=mean, "
-                               "classifier_reading=twice"),
+    ft.finetune(classification("hidden_dropout=0.2, attention_dropout=0.3, classifier_pooling=mean"),
                 {**QUICK, "max_steps": 2, "output_dir": str(out)}, callbacks=[Spy()])
     assert seen["dropouts"] == [0.2]  # every layer's and the head's (attention's is a functional dropout)
     assert seen["attention_dropout"] == {0.3}
     assert YuyanConfig.from_pretrained(base_model).hidden_dropout == 0.0
     saved = YuyanConfig.from_pretrained(out)
     assert saved.hidden_dropout == 0.2 and saved.attention_dropout == 0.3 and saved.classifier_pooling == "mean"
-    assert saved.classifier_reading == "twice"
     # The Trainer trains without a cache; the saved model keeps the base model's use_cache.
     assert seen["use_cache"] is False and saved.use_cache is True
     assert YuyanConfig.from_pretrained(base_model).classifier_pooling == "last"
     run = json.loads((out / "run.json").read_text())
     assert run["training"]["config_overrides"] == {"hidden_dropout": 0.2, "attention_dropout": 0.3,
-                                                   "classifier_pooling": "mean", "classifier_reading": "twice"}
+                                                   "classifier_pooling": "mean"}
 
     bad = str(tmp_path / "bad")
     with pytest.raises(ValueError, match=r"cannot set \['hidden_size'\].*allowed"):
@@ -436,12 +434,10 @@ def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path,
         ft.finetune(classification("hidden_dropout"), {"output_dir": bad})
     with pytest.raises(ValueError, match=r"classifier_pooling='max' is unknown; allowed: \['last', 'mean'\]"):
         ft.finetune(classification("classifier_pooling=max"), {"output_dir": bad})
-    # Read twice, a text may take at most half the positions (less the separator) of the pretrained model's 128.
-    with pytest.raises(ValueError, match=r"max_seq_length=64 exceeds 63, the longest text that classifier_reading"):
-        ft.finetune(classification("classifier_reading=twice"), {"output_dir": bad}, data_args={"max_seq_length": 64})
-    with pytest.raises(ValueError, match=r"max_seq_length=128 exceeds 127, the longest text that classifier_reading"):
-        ft.finetune(classification("classifier_reading=once_eos"), {"output_dir": bad},
-                    data_args={"max_seq_length": 128})
+    with pytest.raises(ValueError, match=r"cannot set \['classifier_reading'\]"):
+        ft.finetune(classification({"classifier_reading": "twice"}), {"output_dir": bad})
+    with pytest.raises(ValueError, match=r"max_seq_length=256 exceeds the model's max_position_embeddings=128"):
+        ft.finetune(classification(""), {"output_dir": bad}, data_args={"max_seq_length": 256})
     assert not Path(bad).exists()
 
 

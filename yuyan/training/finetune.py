@@ -28,9 +28,7 @@ Every task also reports the validation `loss`. Data files: CSV, TSV, JSON, JSONL
 `yuyan.training.recipes`.
 
 Yuyan models are causal: each position sees only the text to its left. A classifier reads the last token's state
-(it has seen everything; `config_overrides="classifier_pooling=mean"` averages every token's instead;
-`classifier_reading=once_eos` reads `text <eos>` and classifies from the end-of-text token; `classifier_reading=twice`
-reads `text <eos> text` and pools the second reading, every state of which has seen the whole text); a tagger labels
+(it has seen everything; `config_overrides="classifier_pooling=mean"` averages every token's instead); a tagger labels
 a word from its left context only; a QA model reads the question first, then the context, and picks the answer's
 start without seeing the text after it. That is the architecture, not a bug, and it costs accuracy on tagging and
 QA against bidirectional encoders.
@@ -97,9 +95,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 ADAPTER_DIR = "adapter"
 # The config fields a fine-tuning run may change: they regularise training or choose how the classification head
 # reads a sequence, and leave every weight's shape alone (hidden_dropout is also the task heads' dropout).
-FINETUNE_CONFIG_FIELDS = ("hidden_dropout", "attention_dropout", "classifier_pooling", "classifier_reading")
+FINETUNE_CONFIG_FIELDS = ("hidden_dropout", "attention_dropout", "classifier_pooling")
 # Fields whose value is a word, not a number; YuyanConfig checks their values (validate_architecture).
-_TEXT_CONFIG_FIELDS = ("classifier_pooling", "classifier_reading")
+_TEXT_CONFIG_FIELDS = ("classifier_pooling",)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -311,11 +309,6 @@ def tokenization_with_pair_separator(tokenizer) -> bool:
 def resolve_max_length(task: Task, requested: int | None, tokenizer, config) -> int:
     positions = config.max_position_embeddings if config.has_attention else None
     limit_name = f"the model's max_position_embeddings={positions}"
-    reading = config.classifier_reading
-    if positions is not None and task.name == "classification" and reading != "once":
-        copies, closed = config.classifier_layout  # the longest text whose layout fits the positions
-        positions = (positions + (0 if closed else 1)) // copies - 1
-        limit_name = f"{positions}, the longest text that classifier_reading={reading!r} fits in {limit_name}"
     limits = [limit for limit in (tokenizer.model_max_length, positions) if limit and limit < 10**8]
     if requested is None:
         return int(min([task.default_max_length, *limits]))
@@ -688,9 +681,10 @@ def load_task_model(task: Task, inputs: FinetuneInputs, lora_args: LoraArguments
     config_updates = {**inputs.config_overrides, **setup.config_updates}
     if config.pad_token_id is None and inputs.tokenizer.pad_token_id is not None:
         config_updates["pad_token_id"] = inputs.tokenizer.pad_token_id
-    task_model = task.model_class.from_pretrained(
-        inputs.model_path, dtype=torch.float32, ignore_mismatched_sizes=ignore_mismatched_sizes, **config_updates
-    )
+    from yuyan.loading import load_pretrained
+
+    task_model = load_pretrained(task.model_class, inputs.model_path, dtype=torch.float32,
+                                 ignore_mismatched_sizes=ignore_mismatched_sizes, **config_updates)
     if setup.prepare_model is not None:
         setup.prepare_model(task_model)
     redrawn = []
