@@ -1,6 +1,6 @@
 """bench/finetune_report.py's pieces that can break: the SST-2, Tatoeba and SciTLDR splits of the shared data, the
 selection slice kept apart from the training rows, each task's decoding defaults, and the from-scratch twin of a
-model; and bench/rescore_generation.py: rescoring a run (on its own or another split) and the paired bootstrap."""
+model."""
 
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ def _bench_script(name: str):
 
 
 report = _bench_script("finetune_report")
-rescore = _bench_script("rescore_generation")
 
 
 def _tsv(path: Path) -> list[tuple[str, str]]:
@@ -258,70 +257,3 @@ def test_pooling_and_dropout_flags_become_config_overrides_that_finetune_accepts
     assert report.config_overrides("xquad", args) == {"hidden_dropout": 0.1}
     assert parse_config_overrides(report.config_overrides("sst2", args)) == sst2
     assert report.config_overrides("sst2", report.build_parser().parse_args(["model"])) == {}
-
-
-def test_rescoring_a_generation_run_reproduces_its_score(tmp_path):
-    """bench/rescore_generation.py decodes the prompts the run scored: with the run's own settings, its score."""
-    import random
-
-    from yuyan.training.finetune import finetune
-
-    words = "cat dog bird fish tree house river stone cloud".split()
-    tokenizer = train_tokenizer(texts=[" ".join(words)] * 50, vocab_size=280)
-    config = YuyanConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                         layer_types=["lstm", "full_attention"], num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=48, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    YuyanForCausalLM(config).save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
-    rng = random.Random(0)
-    rows = [{"source": " ".join(rng.choice(words) for _ in range(6)), "target": [rng.choice(words), "cat"]}
-            for _ in range(24)]
-    for name, part in (("train", rows[:16]), ("dev", rows[16:]), ("test", rows[3:8])):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in part))
-    out = tmp_path / "run"
-    scores = finetune("text-generation", str(tmp_path / "base"), str(tmp_path / "train.jsonl"),
-                      str(tmp_path / "dev.jsonl"), out,
-                      training_args={"max_steps": 2, "per_device_train_batch_size": 8, "report_to": "none"},
-                      data_args={"max_new_tokens": 8, "max_seq_length": 64}, test_file=str(tmp_path / "test.jsonl"))
-    metrics = scores["metrics"]
-    again = rescore.rescore(out, num_beams=1, no_repeat_ngram_size=0, max_new_tokens=None, batch_size=3,
-                            max_eval=None)
-    assert again["examples"] == 8 and again["max_new_tokens"] == 8
-    for name in ("rougeL", "chrf", "bleu"):
-        assert again["metrics"][name] == pytest.approx(metrics[name])
-    assert sum(again["rougeL_each"]) / 8 == pytest.approx(metrics["rougeL"])  # the per-example scores behind it
-    distinct = rescore.rescore(out, num_beams=1, no_repeat_ngram_size=1, max_new_tokens=None, batch_size=3,
-                               max_eval=2)
-    assert distinct["examples"] == 2 and distinct["predictions"] != again["predictions"][:2]
-    # Another split in the run's format: the score the run's own test file got.
-    test = rescore.rescore(out, num_beams=1, no_repeat_ngram_size=0, max_new_tokens=None, batch_size=3,
-                           max_eval=None, eval_file=tmp_path / "test.jsonl")
-    assert test["examples"] == 5 and test["eval_file"] == str(tmp_path / "test.jsonl")
-    for name in ("rougeL", "chrf", "bleu"):
-        assert test["metrics"][name] == pytest.approx(scores["test_metrics"][name])
-    (tmp_path / "other.jsonl").write_text(json.dumps({"article": "cat", "summary": "dog"}) + "\n")
-    with pytest.raises(SystemExit, match="no column source"):
-        rescore.rescore(out, 1, 0, None, 3, None, eval_file=tmp_path / "other.jsonl")
-    with pytest.raises(SystemExit, match="no run.json"):
-        rescore.rescore(tmp_path / "base", 1, 0, None, 3, None)
-
-
-def test_a_paired_bootstrap_brackets_the_difference_and_knows_when_it_is_sure():
-    import random
-
-    rng = random.Random(1)
-    second = [rng.uniform(0, 40) for _ in range(400)]
-    level = rescore.paired_bootstrap(second, second)
-    assert level == {"difference": 0.0, "low": 0.0, "high": 0.0, "first_wins": 0.0}
-    ahead = rescore.paired_bootstrap([score + 1 for score in second], second)
-    assert ahead["difference"] == pytest.approx(1) and ahead["low"] == pytest.approx(1) and ahead["first_wins"] == 1
-    # A small gap under large per-example noise: the interval holds the gap and reaches below zero.
-    noisy = [score + 0.5 + rng.gauss(0, 20) for score in second]
-    gap = rescore.paired_bootstrap(noisy, second, seed=3)
-    assert gap["low"] < 0 < gap["high"] and gap["low"] < gap["difference"] < gap["high"]
-    assert 0.2 < gap["first_wins"] < 1
-    assert rescore.paired_bootstrap(noisy, second, seed=3) == gap  # seeded
-    with pytest.raises(ValueError, match="same examples"):
-        rescore.paired_bootstrap(noisy, second[:-1])
