@@ -18,7 +18,6 @@ import torch
 
 from yuyan import YuyanConfig, YuyanForCausalLM
 from yuyan.tokenization import train_tokenizer
-from yuyan.training.finetune import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -151,49 +150,6 @@ def test_scratch_twin_has_the_config_and_tokenizer_but_not_the_weights(tmp_path)
     for name, tensor in YuyanForCausalLM.from_pretrained(again).state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
     assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == ["model"]
-
-
-def test_task_text_stage_trains_the_language_model_on_the_task_sentences(tmp_path):
-    """--task-text-steps: the model comes back a better language model of the task's sentences, with its config and
-    tokenizer, written whole; seeded."""
-    _tiny_model(tmp_path / "model")
-    sentences = [f"a {word} film , {mood} ." for word in "long short odd".split() for mood in "sad fun".split()] * 4
-
-    def loss(folder):
-        model = YuyanForCausalLM.from_pretrained(folder).eval()
-        ids = load_tokenizer(str(folder))(sentences[:6], add_special_tokens=False, padding=True, return_tensors="pt")
-        labels = ids["input_ids"].masked_fill(ids["attention_mask"] == 0, -100)
-        with torch.no_grad():
-            return model(**ids, labels=labels).loss.item()
-
-    adapted = report.adapt_to_task_text(tmp_path / "model", sentences, tmp_path / "task-text" / "model", steps=30,
-                                        learning_rate=1e-2, seed=0, block_size=16, batch_size=4)
-    assert loss(adapted) < 0.7 * loss(tmp_path / "model")
-    assert YuyanConfig.from_pretrained(adapted).to_dict() == YuyanConfig.from_pretrained(tmp_path / "model").to_dict()
-    assert sorted(p.name for p in (tmp_path / "task-text").iterdir()) == ["model"]
-    again = report.adapt_to_task_text(tmp_path / "model", sentences, tmp_path / "again", steps=30,
-                                      learning_rate=1e-2, seed=0, block_size=16, batch_size=4)
-    first = YuyanForCausalLM.from_pretrained(adapted).state_dict()
-    for name, tensor in YuyanForCausalLM.from_pretrained(again).state_dict().items():
-        assert torch.allclose(tensor, first[name]), name
-    # With the leading space (--sst2-leading-space) the stage reads ` sentence` and saves a tokenizer that does.
-    spaced = report.adapt_to_task_text(tmp_path / "model", sentences, tmp_path / "spaced", steps=1,
-                                       learning_rate=1e-2, seed=0, block_size=16, batch_size=4, leading_space=True)
-    plain_tokenizer = load_tokenizer(str(tmp_path / "model"))
-    assert load_tokenizer(str(spaced))(sentences[0])["input_ids"] == plain_tokenizer(" " + sentences[0])["input_ids"]
-    for texts in (["a"], []):
-        with pytest.raises(ValueError, match="not one block"):
-            report.adapt_to_task_text(tmp_path / "model", texts, tmp_path / "short", steps=1, learning_rate=1e-3,
-                                      seed=0)
-    assert not (tmp_path / "short").exists()
-
-
-@pytest.mark.parametrize("flags", [["--task-text-steps", "-1"], ["--task-text-steps", "5", "--tasks", "xquad"],
-                                   ["--task-text-steps", "5", "--tasks", "sst2", "--reset-unseen-tokens"]])
-def test_task_text_flags_that_make_no_sense_stop_the_report(flags, capsys):
-    with pytest.raises(SystemExit):
-        report.main(["model", *flags])
-    assert "--task-text-steps" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("decay", ["0", "-0.5", "1.5"])
