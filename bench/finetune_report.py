@@ -42,7 +42,6 @@ first N examples of each (shuffled, for SST-2) training / evaluation set, for a 
     python bench/finetune_report.py runs/small-attention runs/small-lstm runs/small-hybrid \\
         --tatoeba-model runs/small-lstm-enzh --threads 1
     python bench/finetune_report.py runs/tiny-hybrid --tasks sst2 --max-steps 600 --threads 1     # minutes
-    python bench/finetune_report.py runs/tiny-hybrid --tasks sst2 --task-text-steps 400 --threads 1   # LM stage first
     python bench/finetune_report.py --prepare-only      # data files only (the tokenizer's Tatoeba text)
     python bench/finetune_report.py --write-bilingual-tokenizer runs/tokenizer-en-zh   # WikiText-2 + Tatoeba BPE
     python bench/finetune_report.py runs/small-* --estimate-only     # the expected time of a full report
@@ -66,7 +65,7 @@ import time
 from pathlib import Path
 
 from yuyan.files import publish_folder, staging_dir, write_text_atomic
-from yuyan.modeling.configuration_yuyan import CLASSIFIER_POOLINGS, CLASSIFIER_READINGS
+from yuyan.modeling.configuration_yuyan import CLASSIFIER_POOLINGS
 from yuyan.tokenization.bpe import DEFAULT_VOCAB_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,53 +249,6 @@ def make_scratch_model(model: Path, output: Path, seed: int) -> Path:
     return output
 
 
-def adapt_to_task_text(source: Path, texts: list[str], output: Path, steps: int, learning_rate: float, seed: int,
-                       block_size: int = 128, batch_size: int = 16, leading_space: bool = False) -> Path:
-    """`source` trained further as a language model on a task's own training inputs (no labels), saved to `output`:
-    ULMFiT's middle stage, between general pretraining and the task head. The distinct texts, shuffled, each closed
-    by the end-of-text token, are packed into blocks of `block_size`; `steps` AdamW steps of `batch_size` blocks
-    (warm-up over 6% of them, then linear decay). Both rows of a task get the same stage, so it is part of the
-    fine-tuning budget, not of pretraining. `leading_space`: the tokenizer reads each text as if it started with
-    a space (`add_leading_space`), and is saved so."""
-    import torch
-    from transformers import Trainer, TrainingArguments, default_data_collator
-
-    from yuyan.modeling import YuyanForCausalLM
-    from yuyan.training.finetune import load_tokenizer
-
-    tokenizer = load_tokenizer(str(source))
-    if leading_space:
-        from yuyan.tokenization import add_leading_space
-
-        add_leading_space(tokenizer)
-    distinct = sorted(set(texts))
-    random.Random(seed).shuffle(distinct)
-    ids: list[int] = []
-    for encoded in tokenizer(distinct, add_special_tokens=False)["input_ids"] if distinct else []:
-        ids += encoded + [tokenizer.eos_token_id]
-    blocks = [ids[start:start + block_size] for start in range(0, len(ids) - block_size + 1, block_size)]
-    if not blocks:
-        raise ValueError(f"the task text holds {len(ids)} tokens: not one block of {block_size}")
-    dataset = [{"input_ids": torch.tensor(block), "labels": torch.tensor(block)} for block in blocks]
-    with staging_dir(output.parent, prefix=f".{output.name}.tmp-") as staging:
-        arguments = TrainingArguments(
-            output_dir=str(staging), max_steps=steps, per_device_train_batch_size=batch_size,
-            learning_rate=learning_rate, warmup_steps=int(WARMUP_SHARE * steps), weight_decay=WEIGHT_DECAY,
-            seed=seed, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=max(1, steps // 5),
-            use_cpu=not torch.cuda.is_available())
-        model = YuyanForCausalLM.from_pretrained(source)
-        use_cache = model.config.use_cache
-        trainer = Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=default_data_collator)
-        trainer.train()
-        model.config.use_cache = use_cache  # the Trainer sets it to TrainingArguments.use_cache (False) for training
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        publish_folder(staging, output)
-    print(f"task text: {len(distinct):,} texts, {len(ids):,} tokens, {len(blocks):,} blocks of {block_size}; "
-          f"{steps} steps ({steps * batch_size / len(blocks):.2f} passes) -> {output}", flush=True)
-    return output
-
-
 def zh_tokens_per_character(model: Path, texts: list[str]) -> float:
     """Tokens per Chinese character: about 1 or less for a tokenizer that has seen Chinese, about 3 (UTF-8
     bytes) for one that has not."""
@@ -375,8 +327,6 @@ def config_overrides(name: str, args) -> dict:
         overrides["hidden_dropout"] = args.dropout
     if args.classifier_pooling is not None and name == "sst2":  # the one task with a classification head
         overrides["classifier_pooling"] = args.classifier_pooling
-    if args.classifier_reading is not None and name == "sst2":
-        overrides["classifier_reading"] = args.classifier_reading
     return overrides
 
 
@@ -429,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sst2-leading-space", action="store_true",
                         help="SST-2: read every sentence as if it started with a space, as each line of WikiText "
                         "does, so that its first word is spelled in the tokens pretraining saw (`Ġthe`, not `t` `he`; "
-                        "yuyan finetune --leading-space; the language-model stage too)")
+                        "yuyan finetune --leading-space)")
     parser.add_argument("--sst2-selection", type=int, default=2000,
                         help="SST-2 training sentences held out for model selection")
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps per row (default: per task)")
@@ -453,21 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classifier-pooling", choices=CLASSIFIER_POOLINGS, default=None,
                         help="SST-2: how the classifier reads a sentence, from its last token's state or the mean "
                         "of all its tokens' (default: the model's own, last)")
-    parser.add_argument("--classifier-reading", choices=CLASSIFIER_READINGS, default=None,
-                        help="SST-2: read each sentence once, once and the end-of-text token (`sentence <eos>`, "
-                        "the head reading that token), or twice (`sentence <eos> sentence`, the head pooling the "
-                        "second reading, whose states have seen the whole sentence; twice the tokens)")
     parser.add_argument("--layer-lr-decay", type=float, default=None, metavar="D",
                         help="each layer below the head fine-tunes at D times the rate of the one above, the "
                         "embeddings lowest (yuyan finetune --layer-lr-decay; default: one rate for all)")
     parser.add_argument("--reset-unseen-tokens", action="store_true",
                         help="pretrained rows: tokens that never occur in the model's pretraining text (its run.json) "
                         "get fresh embeddings first (yuyan finetune --reset-unseen-tokens)")
-    parser.add_argument("--task-text-steps", type=int, default=0, metavar="N",
-                        help="SST-2: first train each row's model N steps as a language model on the training "
-                        "sentences, labels unused (ULMFiT's middle stage; both rows alike; default 0: off)")
-    parser.add_argument("--task-text-learning-rate", type=float, default=1e-3, metavar="LR",
-                        help="peak AdamW rate of that stage (default 1e-3)")
     parser.add_argument("--xquad-eval-articles", type=int, default=10)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=None,
@@ -485,11 +426,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--no-scratch and --scratch-only exclude each other")
     if args.layer_lr_decay is not None and not 0.0 < args.layer_lr_decay <= 1.0:
         parser.error(f"--layer-lr-decay must be in (0, 1], not {args.layer_lr_decay}")
-    if args.task_text_steps < 0:
-        parser.error(f"--task-text-steps must be 0 (off) or more, not {args.task_text_steps}")
-    if args.task_text_steps and (args.tasks != ["sst2"] or args.reset_unseen_tokens):
-        parser.error("--task-text-steps is for --tasks sst2 alone, without --reset-unseen-tokens (the task text "
-                     "would make those tokens seen)")
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -534,8 +470,6 @@ def main(argv: list[str] | None = None) -> int:
             expected = float("nan")
             break
         row = step * steps * 1.25  # + ~25% for evaluation, checkpoints and data preparation
-        if args.task_text_steps:  # the language-model stage: blocks of 128, batches of 16 (adapt_to_task_text)
-            row += seconds_per_step(model, 16, 128, True) * args.task_text_steps
         expected += len(inits) * row
         print(f"  {model.name} / {name}: {steps} steps of {budget['batch_size']} at {step:.2f} s, about "
               f"{row / 60:.1f} min a row", flush=True)
@@ -551,9 +485,6 @@ def main(argv: list[str] | None = None) -> int:
         budget = budget_of(name, args)
         data_args = task_data_args(spec, args)
         callbacks = None
-        # The language-model stage reads the task's training sentences (the classifier's inputs, labels unused).
-        task_texts = [sentence for sentence, _ in _tsv_rows(spec["train"])[:args.max_train]] \
-            if args.task_text_steps else None
         if name == "sst2" and args.patience:
             callbacks = [transformers.EarlyStoppingCallback(early_stopping_patience=args.patience)]
         for init in inits:
@@ -563,10 +494,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {model} ({init}) / {name} ({spec['task']}) -> {run_dir}", flush=True)
             start = time.perf_counter()
             overrides = config_overrides(name, args)
-            if args.task_text_steps:
-                source = adapt_to_task_text(source, task_texts, output / "task-text" / model.name / init,
-                                            args.task_text_steps, args.task_text_learning_rate, args.seed,
-                                            leading_space=args.sst2_leading_space)
             metrics = finetune(
                 FinetuneArguments(
                     spec["task"], str(source), str(spec["train"]), str(spec["validation"]),
@@ -590,15 +517,12 @@ def main(argv: list[str] | None = None) -> int:
                    "train_examples": run.data["train_examples"], "steps": run.training["steps"],
                    "metrics": metrics["metrics"], "test_metrics": metrics.get("test_metrics"),
                    "training": run.training}
-            for field in ("classifier_pooling", "classifier_reading"):
-                if field in overrides:
-                    row[field] = overrides[field]
+            if "classifier_pooling" in overrides:
+                row["classifier_pooling"] = overrides["classifier_pooling"]
             if args.layer_lr_decay is not None:
                 row["layer_lr_decay"] = args.layer_lr_decay
             if args.sst2_leading_space and name == "sst2":
                 row["leading_space"] = True
-            if args.task_text_steps:
-                row["task_text"] = {"steps": args.task_text_steps, "learning_rate": args.task_text_learning_rate}
             if name == "tatoeba":
                 row["zh_tokens_per_character"] = zh_tokens_per_character(
                     model, [example["completion"] for example in split_tatoeba(
@@ -614,7 +538,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{', LoRA' if args.lora else ''}{', batches grouped by length' if args.group_by_length else ''}"
           f"{f', dropout {args.dropout:g}' if args.dropout is not None else ''}"
           f"{f', SST-2 pooling {args.classifier_pooling}' if args.classifier_pooling else ''}"
-          f"{f', SST-2 read {args.classifier_reading}' if args.classifier_reading else ''}"
           f"{f', layer-wise rate decay {args.layer_lr_decay:g}' if args.layer_lr_decay is not None else ''}"
           f"{', SST-2 read after a leading space' if args.sst2_leading_space else ''}; "
           f"SST-2 scored on sst2/test.tsv (GLUE dev), the model chosen on {args.sst2_selection:,} held-out training "

@@ -67,27 +67,23 @@ def train_llama(args, tokenizer_dir: Path, output: Path) -> dict:
     """LlamaForCausalLM with the Trainer's defaults (the run_clm recipe), stopped by the same time budget."""
     import torch
     from transformers import (
-        AutoTokenizer, DataCollatorForLanguageModeling, LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback,
-        TrainingArguments,
+        AutoTokenizer, DataCollatorForLanguageModeling, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments,
     )
 
     from yuyan.corpus import TextSource, load_documents
+    from yuyan.export import llama_config_from_yuyan
     from yuyan.training.packing import tokenize_and_pack
     from yuyan.training.pretrain import parse_overrides, resolve_config
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     documents = load_documents(TextSource(files=[str(DATA / "train.txt")], txt_split=args.txt_split))
     blocks = tokenize_and_pack(documents, tokenizer, args.block_size)
-    # Llama at the attention stack's shape as configs/small-attention.yaml sets it (and any --set model.* fields).
-    reference = resolve_config(str(REPO / "configs" / "small-attention.yaml"), parse_overrides(args.set))[0].config
+    # Llama at the attention stack's shape as configs/small-attention.yaml sets it (and any --set model.* fields),
+    # with the tokenizer's vocabulary and special ids as the Yuyan run adopts them: the config `yuyan export` writes
+    # for that model.
+    reference = resolve_config(str(REPO / "configs" / "small-attention.yaml"), parse_overrides(args.set))[0]
     torch.manual_seed(42)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=reference.hidden_size, intermediate_size=reference.intermediate_size,
-        num_hidden_layers=reference.num_hidden_layers, num_attention_heads=reference.num_attention_heads,
-        num_key_value_heads=reference.num_key_value_heads, max_position_embeddings=reference.max_position_embeddings,
-        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    ))
+    model = LlamaForCausalLM(llama_config_from_yuyan(reference.adopt_tokenizer(tokenizer)))
     curve: list[tuple[float, float]] = []
 
     class TimeBudget(TrainerCallback):

@@ -34,9 +34,10 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from yuyan import YuyanConfig, YuyanForCausalLM
+from yuyan.export import llama_config_from_yuyan
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2" / "train.txt"
 
@@ -49,21 +50,11 @@ def token_stream(vocab_size: int, count: int, seed: int) -> torch.Tensor:
 
 
 def llama_like(config: YuyanConfig) -> LlamaForCausalLM:
-    """transformers' Llama at the Yuyan config's dimensions."""
-    llama = LlamaConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        head_dim=config.head_dim,
-        max_position_embeddings=config.max_position_embeddings,
-        tie_word_embeddings=config.tie_word_embeddings,
-        rms_norm_eps=config.rms_norm_eps,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(llama)
+    """transformers' Llama at the Yuyan config's dimensions: the config `yuyan export` writes for it, so the two
+    models differ only in their code."""
+    llama = LlamaForCausalLM(llama_config_from_yuyan(config))
+    llama.set_attn_implementation("sdpa")  # the rows are named after it: pinned, not left to transformers' default
+    return llama
 
 
 def build_models(preset_size: str) -> dict[str, torch.nn.Module]:

@@ -91,6 +91,7 @@ def test_sampling_and_bf16_decoding_run_on_the_device(stack):
     assert torch.equal(greedy[:, 7:9].cpu(), reference[:, 7:9])
 
 
+@pytest.mark.slow
 def test_pretraining_runs_on_the_device_with_bf16(corpus, tmp_path):
     """`yuyan pretrain` with no device flag trains on the accelerator (Accelerate's choice) and saves a model that
     loads back on the CPU."""
@@ -108,6 +109,7 @@ def test_pretraining_runs_on_the_device_with_bf16(corpus, tmp_path):
     assert next(model.parameters()).device.type == "cpu"
 
 
+@pytest.mark.slow
 def test_finetuning_a_classifier_runs_on_the_device(tmp_path):
     """The Trainer path of `yuyan finetune` on the accelerator learns an easy two-class task."""
     from yuyan import cli

@@ -62,6 +62,7 @@ def test_export_to_llama_gives_the_same_logits(tmp_path, tokenizer_dir, tied):
     assert llama.generate(ids[:1], max_new_tokens=5).tolist() == model.generate(ids[:1], max_new_tokens=5).tolist()
 
 
+@pytest.mark.slow
 def test_exported_folder_loads_where_yuyan_cannot_be_imported(tmp_path, tokenizer_dir):
     model = save_yuyan(tmp_path / "yuyan", tokenizer_dir)
     export_to_llama(tmp_path / "yuyan", tmp_path / "llama")

@@ -229,6 +229,7 @@ def round_trip(hub, pretrained, tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 def test_push_uploads_a_complete_repository_without_training_state(hub, round_trip):
     files = round_trip["files1"]
     for name in ("config.json", "model.safetensors", "configuration_yuyan.py", "modeling_yuyan.py", "tokenizer.json",
@@ -245,6 +246,7 @@ def test_push_uploads_a_complete_repository_without_training_state(hub, round_tr
     assert card.data.eval_results[1].metric_value == metrics["validation_perplexity"]
 
 
+@pytest.mark.slow
 def test_download_in_a_process_without_yuyan_gives_identical_logits(round_trip):
     ids, logits = round_trip["local1"]
     loaded = round_trip["loaded1"]
@@ -253,6 +255,7 @@ def test_download_in_a_process_without_yuyan_gives_identical_logits(round_trip):
     assert torch.equal(loaded["logits"], logits)
 
 
+@pytest.mark.slow
 def test_a_second_push_and_a_pinned_first_revision(round_trip):
     (_, old), (_, new) = round_trip["local1"], round_trip["local2"]
     assert not torch.equal(old, new)
@@ -261,12 +264,14 @@ def test_a_second_push_and_a_pinned_first_revision(round_trip):
     assert torch.equal(round_trip["loaded2"]["logits"], new)
 
 
+@pytest.mark.slow
 def test_push_to_a_new_branch_creates_it_and_leaves_main(round_trip):
     branches = round_trip["branches"]
     assert branches["main"] == round_trip["sha2"] and branches["experiment"] == round_trip["sha3"]
     assert "(experiment)" in round_trip["printed3"]
 
 
+@pytest.mark.slow
 def test_no_local_path_reaches_the_hub(hub, round_trip, tmp_path_factory):
     """metrics.json and run.json record the data files, the tokenizer and output folders: every file the server
     holds, at every pushed revision, must be free of this machine's paths, while the local records keep them."""
@@ -335,12 +340,14 @@ def test_only_run_records_are_rewritten(tmp_path):
     assert json.loads((folder / "metrics.json").read_text())["dataset"] == "/srv/ana/train.jsonl"
 
 
+@pytest.mark.slow
 def test_autotokenizer_without_trust_remote_code(round_trip):
     # config.json keeps "lstm" out of transformers' reserved `layer_types` (Yuyan's field is `mixer_types`), so the
     # generic config AutoTokenizer falls back to accepts an LSTM stack.
     assert round_trip["loaded1"]["plain_tokenizer_error"] is None, round_trip["loaded1"]["plain_tokenizer_error"]
 
 
+@pytest.mark.slow
 def test_model_and_tokenizer_push_to_hub(hub, tmp_path):
     folder = tmp_path / "model"
     train_tiny_tokenizer(tmp_path / "tokenizer")
@@ -369,6 +376,7 @@ def test_model_and_tokenizer_push_to_hub(hub, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_incomplete_folder_is_refused_before_any_upload(hub, tmp_path):
     folder = tmp_path / "not-a-model"
     train_tiny_tokenizer(folder)  # tokenizer files only: no config, no weights, no code, no card

@@ -30,6 +30,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import yuyan
 
 PACKAGE_DIR = Path(yuyan.__file__).resolve().parent
@@ -212,6 +214,7 @@ def test_no_import_cycle_between_the_layers_of_a_package():
 IMPORT_YUYAN_LOADS = ("yuyan.modeling", "yuyan.pipelines", "yuyan.tasks")
 
 
+@pytest.mark.slow  # a fresh interpreter, where nothing is imported yet
 def test_import_yuyan_loads_no_training_code():
     code = "import json, sys, yuyan; print(json.dumps(sorted(m for m in sys.modules if m.startswith('yuyan.'))))"
     env = dict(os.environ, HF_HUB_OFFLINE="1")

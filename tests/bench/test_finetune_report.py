@@ -1,6 +1,6 @@
 """bench/finetune_report.py's pieces that can break: the SST-2, Tatoeba and SciTLDR splits of the shared data, the
 selection slice kept apart from the training rows, each task's decoding defaults, and the from-scratch twin of a
-model; and bench/rescore_generation.py: rescoring a run (on its own or another split) and the paired bootstrap."""
+model."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import torch
 
 from yuyan import YuyanConfig, YuyanForCausalLM
 from yuyan.tokenization import train_tokenizer
-from yuyan.training.finetune import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -33,7 +32,6 @@ def _bench_script(name: str):
 
 
 report = _bench_script("finetune_report")
-rescore = _bench_script("rescore_generation")
 
 
 def _tsv(path: Path) -> list[tuple[str, str]]:
@@ -154,49 +152,6 @@ def test_scratch_twin_has_the_config_and_tokenizer_but_not_the_weights(tmp_path)
     assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == ["model"]
 
 
-def test_task_text_stage_trains_the_language_model_on_the_task_sentences(tmp_path):
-    """--task-text-steps: the model comes back a better language model of the task's sentences, with its config and
-    tokenizer, written whole; seeded."""
-    _tiny_model(tmp_path / "model")
-    sentences = [f"a {word} film , {mood} ." for word in "long short odd".split() for mood in "sad fun".split()] * 4
-
-    def loss(folder):
-        model = YuyanForCausalLM.from_pretrained(folder).eval()
-        ids = load_tokenizer(str(folder))(sentences[:6], add_special_tokens=False, padding=True, return_tensors="pt")
-        labels = ids["input_ids"].masked_fill(ids["attention_mask"] == 0, -100)
-        with torch.no_grad():
-            return model(**ids, labels=labels).loss.item()
-
-    adapted = report.adapt_to_task_text(tmp_path / "model", sentences, tmp_path / "task-text" / "model", steps=30,
-                                        learning_rate=1e-2, seed=0, block_size=16, batch_size=4)
-    assert loss(adapted) < 0.7 * loss(tmp_path / "model")
-    assert YuyanConfig.from_pretrained(adapted).to_dict() == YuyanConfig.from_pretrained(tmp_path / "model").to_dict()
-    assert sorted(p.name for p in (tmp_path / "task-text").iterdir()) == ["model"]
-    again = report.adapt_to_task_text(tmp_path / "model", sentences, tmp_path / "again", steps=30,
-                                      learning_rate=1e-2, seed=0, block_size=16, batch_size=4)
-    first = YuyanForCausalLM.from_pretrained(adapted).state_dict()
-    for name, tensor in YuyanForCausalLM.from_pretrained(again).state_dict().items():
-        assert torch.allclose(tensor, first[name]), name
-    # With the leading space (--sst2-leading-space) the stage reads ` sentence` and saves a tokenizer that does.
-    spaced = report.adapt_to_task_text(tmp_path / "model", sentences, tmp_path / "spaced", steps=1,
-                                       learning_rate=1e-2, seed=0, block_size=16, batch_size=4, leading_space=True)
-    plain_tokenizer = load_tokenizer(str(tmp_path / "model"))
-    assert load_tokenizer(str(spaced))(sentences[0])["input_ids"] == plain_tokenizer(" " + sentences[0])["input_ids"]
-    for texts in (["a"], []):
-        with pytest.raises(ValueError, match="not one block"):
-            report.adapt_to_task_text(tmp_path / "model", texts, tmp_path / "short", steps=1, learning_rate=1e-3,
-                                      seed=0)
-    assert not (tmp_path / "short").exists()
-
-
-@pytest.mark.parametrize("flags", [["--task-text-steps", "-1"], ["--task-text-steps", "5", "--tasks", "xquad"],
-                                   ["--task-text-steps", "5", "--tasks", "sst2", "--reset-unseen-tokens"]])
-def test_task_text_flags_that_make_no_sense_stop_the_report(flags, capsys):
-    with pytest.raises(SystemExit):
-        report.main(["model", *flags])
-    assert "--task-text-steps" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("decay", ["0", "-0.5", "1.5"])
 def test_layer_lr_decay_out_of_range_stops_the_report(decay, capsys):
     with pytest.raises(SystemExit):
@@ -246,82 +201,13 @@ def test_group_by_length_reaches_the_trainer(tmp_path):
 
 
 def test_pooling_and_dropout_flags_become_config_overrides_that_finetune_accepts():
-    """`--classifier-pooling` and `--classifier-reading` reach SST-2's classification head only; `--dropout` every
-    task; all pass
+    """`--classifier-pooling` reaches SST-2's classification head only; `--dropout` every task; both pass
     `yuyan finetune`'s own check of config_overrides."""
     from yuyan.training.finetune import parse_config_overrides
 
-    args = report.build_parser().parse_args(["model", "--classifier-pooling", "mean", "--dropout", "0.1",
-                                             "--classifier-reading", "twice"])
-    sst2 = {"hidden_dropout": 0.1, "classifier_pooling": "mean", "classifier_reading": "twice"}
+    args = report.build_parser().parse_args(["model", "--classifier-pooling", "mean", "--dropout", "0.1"])
+    sst2 = {"hidden_dropout": 0.1, "classifier_pooling": "mean"}
     assert report.config_overrides("sst2", args) == sst2
     assert report.config_overrides("xquad", args) == {"hidden_dropout": 0.1}
     assert parse_config_overrides(report.config_overrides("sst2", args)) == sst2
     assert report.config_overrides("sst2", report.build_parser().parse_args(["model"])) == {}
-
-
-def test_rescoring_a_generation_run_reproduces_its_score(tmp_path):
-    """bench/rescore_generation.py decodes the prompts the run scored: with the run's own settings, its score."""
-    import random
-
-    from yuyan.training.finetune import FinetuneArguments, finetune
-
-    words = "cat dog bird fish tree house river stone cloud".split()
-    tokenizer = train_tokenizer(texts=[" ".join(words)] * 50, vocab_size=280)
-    config = YuyanConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                         layer_types=["lstm", "full_attention"], num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=48, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    YuyanForCausalLM(config).save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
-    rng = random.Random(0)
-    rows = [{"source": " ".join(rng.choice(words) for _ in range(6)), "target": [rng.choice(words), "cat"]}
-            for _ in range(24)]
-    for name, part in (("train", rows[:16]), ("dev", rows[16:]), ("test", rows[3:8])):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in part))
-    out = tmp_path / "run"
-    scores = finetune(FinetuneArguments("text-generation", str(tmp_path / "base"), str(tmp_path / "train.jsonl"),
-                                        str(tmp_path / "dev.jsonl"), test_file=str(tmp_path / "test.jsonl")),
-                      {"max_steps": 2, "per_device_train_batch_size": 8, "report_to": "none", "output_dir": out},
-                      data_args={"max_new_tokens": 8, "max_seq_length": 64})
-    metrics = scores["metrics"]
-    again = rescore.rescore(out, num_beams=1, no_repeat_ngram_size=0, max_new_tokens=None, batch_size=3,
-                            max_eval=None)
-    assert again["examples"] == 8 and again["max_new_tokens"] == 8
-    for name in ("rougeL", "chrf", "bleu"):
-        assert again["metrics"][name] == pytest.approx(metrics[name])
-    assert sum(again["rougeL_each"]) / 8 == pytest.approx(metrics["rougeL"])  # the per-example scores behind it
-    distinct = rescore.rescore(out, num_beams=1, no_repeat_ngram_size=1, max_new_tokens=None, batch_size=3,
-                               max_eval=2)
-    assert distinct["examples"] == 2 and distinct["predictions"] != again["predictions"][:2]
-    # Another split in the run's format: the score the run's own test file got.
-    test = rescore.rescore(out, num_beams=1, no_repeat_ngram_size=0, max_new_tokens=None, batch_size=3,
-                           max_eval=None, eval_file=tmp_path / "test.jsonl")
-    assert test["examples"] == 5 and test["eval_file"] == str(tmp_path / "test.jsonl")
-    for name in ("rougeL", "chrf", "bleu"):
-        assert test["metrics"][name] == pytest.approx(scores["test_metrics"][name])
-    (tmp_path / "other.jsonl").write_text(json.dumps({"article": "cat", "summary": "dog"}) + "\n")
-    with pytest.raises(SystemExit, match="no column source"):
-        rescore.rescore(out, 1, 0, None, 3, None, eval_file=tmp_path / "other.jsonl")
-    with pytest.raises(SystemExit, match="no run.json"):
-        rescore.rescore(tmp_path / "base", 1, 0, None, 3, None)
-
-
-def test_a_paired_bootstrap_brackets_the_difference_and_knows_when_it_is_sure():
-    import random
-
-    rng = random.Random(1)
-    second = [rng.uniform(0, 40) for _ in range(400)]
-    level = rescore.paired_bootstrap(second, second)
-    assert level == {"difference": 0.0, "low": 0.0, "high": 0.0, "first_wins": 0.0}
-    ahead = rescore.paired_bootstrap([score + 1 for score in second], second)
-    assert ahead["difference"] == pytest.approx(1) and ahead["low"] == pytest.approx(1) and ahead["first_wins"] == 1
-    # A small gap under large per-example noise: the interval holds the gap and reaches below zero.
-    noisy = [score + 0.5 + rng.gauss(0, 20) for score in second]
-    gap = rescore.paired_bootstrap(noisy, second, seed=3)
-    assert gap["low"] < 0 < gap["high"] and gap["low"] < gap["difference"] < gap["high"]
-    assert 0.2 < gap["first_wins"] < 1
-    assert rescore.paired_bootstrap(noisy, second, seed=3) == gap  # seeded
-    with pytest.raises(ValueError, match="same examples"):
-        rescore.paired_bootstrap(noisy, second[:-1])

@@ -28,6 +28,7 @@ def test_info_prints_the_version_and_every_preset(capsys):
     assert [line.split()[0] for line in lines[1:]] == list(PRESETS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["yuyan", "yuyan.cli"])
 def test_python_dash_m_runs_the_command(module):
     result = subprocess.run([sys.executable, "-m", module, "info"], env=ENV, capture_output=True, text=True,
@@ -36,6 +37,7 @@ def test_python_dash_m_runs_the_command(module):
     assert result.stdout.startswith(f"yuyan {__version__}\n")
 
 
+@pytest.mark.slow
 def test_info_builds_no_other_parser():
     # Only the parser of the command being run is built: `yuyan info` imports nothing beyond `import yuyan` but
     # the command line itself (no training stack, no datasets, no peft).
@@ -103,6 +105,7 @@ def test_transformers_style_flags_have_defaults_both_spellings_and_a_group():
         dataclass_flags(_Example, skip={"count"})
 
 
+@pytest.mark.slow
 def test_demo_trains_saves_reloads_and_samples(tmp_path):
     """The README's first command, on a budget of three seconds: a tokenizer and a model trained on Python's own
     documentation, saved, reloaded and sampled."""

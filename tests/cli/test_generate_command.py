@@ -295,6 +295,7 @@ def test_errors_are_one_line(case, expected, folders, tmp_path, capsys, monkeypa
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_through_the_yuyan_command(folders, tmp_path):
     """A real `yuyan generate` process: the error is one line on stderr and the exit status 2."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")

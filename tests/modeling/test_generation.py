@@ -127,6 +127,7 @@ def cache_bytes(cache) -> int:
     return total
 
 
+@pytest.mark.slow
 def test_all_lstm_generation_memory_does_not_grow_with_length():
     model = generation_model("lstm")
     prompt = random_ids(1, 4)

@@ -105,6 +105,7 @@ def test_saved_folder_carries_auto_map_and_self_contained_code(tmp_path):
         assert not re.search(r"^\s*(import|from) yuyan\b", source, re.MULTILINE), f"{name} imports the yuyan package"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", ["lstm", "hybrid"])
 def test_remote_code_loading_without_yuyan_gives_the_same_logits(tmp_path, stack):
     torch.manual_seed(0)
@@ -272,6 +273,7 @@ print("IDS=" + repr(tokenizer("the cat sat").input_ids))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_autotokenizer_loads_every_stack_without_yuyan(tmp_path, stack, tokenizer_dir):
     folder = tmp_path / "model"
@@ -298,6 +300,7 @@ def test_autotokenizer_loads_every_stack_without_yuyan(tmp_path, stack, tokenize
 ASKS = pytest.mark.xfail(strict=True, reason="transformers' AutoTokenizer asks about the model's remote code")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", [pytest.param(None, marks=ASKS), True, False])
 def test_autotokenizer_on_a_model_folder_asks_nothing_without_yuyan(tmp_path, tokenizer_dir, flag):
     folder = tmp_path / "model"

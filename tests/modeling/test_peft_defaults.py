@@ -64,6 +64,7 @@ def test_finetune_uses_the_same_defaults():
     assert DEFAULT_LORA_TARGETS == list(LORA_TARGET_MODULES)
 
 
+@pytest.mark.slow
 def test_lora_without_target_modules_on_remote_code_without_yuyan(tmp_path):
     folders = {}
     for stack in sorted(STACKS):
@@ -89,6 +90,7 @@ def test_lora_without_target_modules_on_remote_code_without_yuyan(tmp_path):
     assert adapted == {stack: sorted(expected) for stack, expected in EXPECTED.items()}
 
 
+@pytest.mark.slow
 def test_remote_code_loads_where_peft_is_missing(tmp_path):
     YuyanForCausalLM(tiny_config("hybrid")).save_pretrained(tmp_path / "model")
     # None in sys.modules is what a machine without peft sees: its import fails and find_spec reports it absent.

@@ -95,6 +95,7 @@ def test_out_of_vocabulary_ids_still_raise_in_eager_mode():
             model(input_ids=ids)
 
 
+@pytest.mark.slow
 def test_attention_forward_compiles_with_fullgraph(one_thread):
     model = generation_model("attention")
     ids = random_ids(2, 6)
@@ -104,6 +105,7 @@ def test_attention_forward_compiles_with_fullgraph(one_thread):
         torch.testing.assert_close(compiled(input_ids=ids, use_cache=False).logits, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_generate_compiles_the_one_token_decode_step(stack, one_thread):
     """transformers' automatic compilation (static cache + compile config) captures the decode step whole."""
@@ -140,6 +142,7 @@ def test_static_cache_generates_what_the_dynamic_cache_does(stack, settings, one
     torch.testing.assert_close(outputs[1], outputs[0])
 
 
+@pytest.mark.slow
 def test_attention_stack_exports_to_onnx_and_runs_in_onnxruntime(tmp_path, one_thread):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")

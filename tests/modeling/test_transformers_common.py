@@ -40,6 +40,9 @@ TRANSFORMERS_VERSION = transformers.__version__
 # and a future version may, so the package carries all three.
 SDIST_TEST_FILES = ("test_modeling_common.py", "test_configuration_common.py", "test_pipeline_mixin.py")
 PACKAGE = "yuyan_hf_common_tests"
+# Some 270 tests of a fraction of a second each: over two minutes together on 2 shared cores, too much for the
+# fast tier.
+pytestmark = pytest.mark.slow
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -144,6 +144,7 @@ def test_normalisation_is_nfc(mixed_tokenizer):
     assert "ñ" == nfc("n\u0303")
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text())
 def test_round_trip_arbitrary_unicode(mixed_tokenizer, text):
@@ -329,6 +330,7 @@ def test_no_chat_template(tmp_path):
 # Saving and loading elsewhere
 
 
+@pytest.mark.slow
 def test_loads_with_auto_tokenizer_without_yuyan(mixed_tokenizer, saved_tokenizer, tmp_path):
     assert {p.name for p in saved_tokenizer.iterdir()} >= {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
     cases = {name: text for name, text in NAMED_CASES.items()}
@@ -813,6 +815,7 @@ def test_word_tokenizer_errors(tmp_path):
         train_word_tokenizer([" \n", ""])
 
 
+@pytest.mark.slow
 @needs_shared
 def test_word_tokenizer_on_wikitext2_matches_the_published_vocabulary_and_word_counts():
     from yuyan.tokenization import train_word_tokenizer

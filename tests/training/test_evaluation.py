@@ -105,6 +105,7 @@ def test_windows_cover_every_target_once():
                 assert first - begin >= min(block, length) - stride or begin == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", ["attention", "hybrid"])
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_strided_equals_manual_windows(tokenizer, stack, batch_size):
@@ -139,6 +140,7 @@ def test_strided_equals_manual_windows(tokenizer, stack, batch_size):
     assert not torch.allclose(full, expected, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_metrics_follow_from_nll_and_counts(tokenizer):
     model = make_model(tokenizer, "lstm")
     result = evaluate_text(model, tokenizer, SAMPLE, block_size=16, stride=4, batch_size=4, show_progress=False)

@@ -389,6 +389,7 @@ def test_errors_are_found_before_training(tmp_path, base_model):
     assert not Path(out).exists() or not (Path(out) / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path, base_model):
     """Dropout for fine-tuning (the base model was pretrained without): it reaches the trained modules, run.json
     and the saved config (with use_cache as the base model had it); a field that would change the weights, or a
@@ -441,6 +442,7 @@ def test_config_overrides_set_dropout_for_the_run_and_bad_ones_stop_it(tmp_path,
     assert not Path(bad).exists()
 
 
+@pytest.mark.slow
 def test_layer_lr_decay_gives_each_layer_its_rate_and_resumes(tmp_path, base_model):
     """--layer-lr-decay: the head and final norm start at the full rate, each layer below at `decay` times the one
     above, the embeddings lowest; weight decay still skips norms; run.json records it; a run resumed from its
@@ -505,6 +507,7 @@ def test_layer_lr_decay_gives_each_layer_its_rate_and_resumes(tmp_path, base_mod
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_leading_space_is_trained_with_and_saved_for_pipelines(tmp_path, base_model, tokenizer):
     """--leading-space: the examples are encoded as if each started with a space, run.json says so, and the saved
     tokenizer keeps doing it, so a pipeline on the fine-tuned model reads `text` as the training read ` text`."""
@@ -536,6 +539,7 @@ def test_leading_space_is_trained_with_and_saved_for_pipelines(tmp_path, base_mo
     assert "leading_space" not in json.loads((plain / "run.json").read_text())["training"]
 
 
+@pytest.mark.slow
 def test_tokens_unseen_in_pretraining_start_with_fresh_embeddings(tmp_path, base_model, tokenizer):
     """--reset-unseen-tokens: the rows of the tokens absent from the given text are redrawn before training starts
     (the special tokens and every seen row as pretrained); run.json says how many; a missing file stops the run
@@ -618,6 +622,7 @@ def test_every_training_argument_is_a_flag():
                            "--validation", "v", "--learn", "1"])  # no abbreviations
 
 
+@pytest.mark.slow
 def test_command_line_run_and_error_exit(tmp_path, base_model, capsys):
     """`yuyan finetune` end to end through yuyan.cli.main; the classifier beats the majority class by far."""
     from transformers import AutoModelForSequenceClassification, pipeline
@@ -670,6 +675,7 @@ def test_command_line_run_and_error_exit(tmp_path, base_model, capsys):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_token_classification_run_and_pipeline(tmp_path, base_model):
     from transformers import AutoModelForTokenClassification, pipeline
 
@@ -698,6 +704,7 @@ def test_token_classification_run_and_pipeline(tmp_path, base_model):
     assert all(0 <= e["start"] < e["end"] <= len("apple river mango") for e in entities)
 
 
+@pytest.mark.slow
 def test_question_answering_run_and_pipeline(tmp_path, base_model):
     from transformers import AutoModelForQuestionAnswering, pipeline
 
@@ -736,6 +743,7 @@ def test_question_answering_run_and_pipeline(tmp_path, base_model):
     assert len(several) == 3 and several[0]["score"] >= several[1]["score"] >= several[2]["score"]
 
 
+@pytest.mark.slow
 def test_text_generation_run_with_chat_template_and_pipeline(tmp_path, base_model):
     from transformers import AutoModelForCausalLM, pipeline
 
@@ -779,6 +787,7 @@ def test_evaluation_decoding_can_forbid_repeated_ngrams(base_model, tokenizer):
     assert looping != distinct
 
 
+@pytest.mark.slow
 def test_lora_trains_only_the_adapter_and_merges_exactly(tmp_path, base_model, tokenizer):
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification, pipeline

@@ -200,6 +200,7 @@ def test_errors_are_reported_before_any_training(tmp_path, corpus, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_output_holding_another_run_is_refused(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     common = [*TINY, *data_flags(corpus), "--block-size", "16", "--batch-size", "4", "--max-steps", "2",
@@ -216,6 +217,7 @@ def test_output_holding_another_run_is_refused(tmp_path, corpus, capsys):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_tiny_run_writes_a_complete_model_folder(tmp_path, corpus):
     out = tmp_path / "run"
     assert main(["pretrain", *TINY, *data_flags(corpus), "--block-size", "16", "--batch-size", "4",
@@ -242,6 +244,7 @@ def test_a_tiny_run_writes_a_complete_model_folder(tmp_path, corpus):
     assert f"{metrics['validation_perplexity']:.2f}" in card and "{{" not in card
 
 
+@pytest.mark.slow
 def test_streaming_run_with_a_step_budget(tmp_path, corpus):
     out = tmp_path / "run"
     assert main(["pretrain", *TINY, *data_flags(corpus), "--streaming", "--block-size", "16", "--batch-size", "4",
@@ -249,6 +252,7 @@ def test_streaming_run_with_a_step_budget(tmp_path, corpus):
     assert json.loads((out / "metrics.json").read_text())["steps"] == 3
 
 
+@pytest.mark.slow
 def test_time_budget_stops_cleanly_and_saves(tmp_path, corpus):
     out = tmp_path / "run"
     assert main(["pretrain", *TINY, *data_flags(corpus), "--block-size", "16", "--batch-size", "4",
@@ -258,6 +262,7 @@ def test_time_budget_stops_cleanly_and_saves(tmp_path, corpus):
     assert (out / "checkpoints" / f"step-{metrics['steps']:07d}").is_dir()
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, corpus):
     # Dropout on, several epochs (the corpus gives about ten steps an epoch): RNG and data position must both
     # be restored exactly for the weights to match bit for bit.
@@ -291,6 +296,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, corpus):
     assert resumed_metrics["loss_history"] == straight_metrics["loss_history"]
 
 
+@pytest.mark.slow
 def test_two_processes_follow_one_process_with_twice_the_batch(tmp_path, corpus):
     common = [*TINY, *data_flags(corpus), "--block-size", "16", "--max-steps", "6", "--save-steps", "100",
               "--eval-steps", "100", "--logging-steps", "1"]
@@ -368,6 +374,7 @@ def budget_run(corpus, output: Path, clock: WorkClock, dropout: float = 0.0, **t
         return pretrain(args, model_values, clock=clock)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_on_a_cpu_without_native_bfloat16_warns_and_still_trains(tmp_path, corpus, capsys, monkeypatch, native):
     """bf16 autocast on an AVX2-only CPU runs ~20x slower than float32: the run says so up front, then trains (its
@@ -404,6 +411,7 @@ def final_learning_rate(output: Path) -> float:
     return optimizer["param_groups"][0]["lr"]
 
 
+@pytest.mark.slow
 def test_time_budget_alone_fills_the_budget_over_several_epochs(tmp_path, corpus, one_thread):
     # 0.5 s a step on the fake clock: a 1-minute budget holds about 115 steps, over two epochs of this corpus.
     out = tmp_path / "run"
@@ -418,6 +426,7 @@ def test_time_budget_alone_fills_the_budget_over_several_epochs(tmp_path, corpus
     assert math.isclose(final_learning_rate(out), 1e-3 * 0.1, rel_tol=1e-6), "the schedule did not end with the run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("later", [0.6, 0.4], ids=["slower", "faster"])
 def test_time_budget_follows_a_step_time_that_drifts(tmp_path, corpus, one_thread, later):
     # Steps take 0.5 s until the 40th training forward, then `later` s. Planned once from the first steps, the
@@ -433,6 +442,7 @@ def test_time_budget_follows_a_step_time_that_drifts(tmp_path, corpus, one_threa
     assert math.isclose(final_learning_rate(out), 1e-3 * 0.1, rel_tol=1e-6), "the schedule did not end with the run"
 
 
+@pytest.mark.slow
 def test_the_first_budget_reached_ends_the_run_and_the_schedule(tmp_path, corpus, one_thread):
     # A step budget inside the time budget: the run is exactly the run with the step budget alone.
     steps_only = budget_run(corpus, tmp_path / "steps", WorkClock(), max_steps=25)
@@ -455,6 +465,7 @@ def test_the_first_budget_reached_ends_the_run_and_the_schedule(tmp_path, corpus
     assert math.isclose(final_learning_rate(out), 1e-3 * 0.1, rel_tol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_with_a_time_budget_is_exact(tmp_path, corpus, one_thread):
     # Dropout on, and steps slower from the 30th on: after a crash at step 47 (after the plan, a re-plan and the
     # checkpoint at step 40), the resumed run (as slow) follows the plans made before the crash, re-plans as the
@@ -528,6 +539,7 @@ def test_cpu_muon_orthogonalises_in_float32_only_without_native_bfloat16(monkeyp
         calls.clear()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this torch has no torch.optim.Muon")
 def test_muon_optimizer_trains_the_hidden_matrices_and_resumes_exactly(tmp_path, corpus, one_thread):
     from yuyan.training.pretrain import make_optimizer

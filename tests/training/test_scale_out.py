@@ -16,6 +16,8 @@ import pytest
 
 from run_helpers import TINY, data_flags, free_port
 
+# Every test here starts several processes (tens of seconds each).
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
 TIMEOUT = 180  # a run that reaches a barrier nobody else reaches would wait for gloo's 30 minutes
