@@ -23,13 +23,13 @@ the scratch row for pretraining to have paid.
 - Tatoeba has no official split: every 10th pair (lines 10, 20, ...) is held out, the rest trains. A tokenizer
   trained on English only spells Chinese in UTF-8 bytes (about 3 tokens a character, shown in results.json):
   give `--tatoeba-model` a model pretrained with a tokenizer that has also seen the Tatoeba training split
-  (OUTPUT/data/tatoeba-train.txt, written by `--prepare-only`); see README, "Fine-tuning report". Pretrained on
+  (OUTPUT/data/tatoeba-train.txt, written by `--prepare-only`); see BENCHMARKS.md, "XQuAD, SciTLDR and Tatoeba". Pretrained on
   English alone, such a model has never read its Chinese tokens: `--reset-unseen-tokens` redraws their embeddings
   first, and OUTPUT/data/tatoeba-unpaired.txt (the training sentences with no pair side by side) is text to
   pretrain on beside WikiText-2 (`bench/pretrain_budget.py --extra-train-text`).
 - SciTLDR: the prompt is the abstract (its sentences joined), the completion the first TLDR; the score takes the
   best of each abstract's several TLDRs. `dev.jsonl` chose the decoding (greedy with no repeated 3-gram beat plain
-  greedy for both inits there: README, "SciTLDR from the same 15-minute model"); `test.jsonl` is scored once.
+  greedy for both inits there: docs/notes/finetuning-experiments.md); `test.jsonl` is scored once.
 - Generation prompts are the plain text followed by a newline (no chat template); evaluation decodes greedily,
   SciTLDR's without a repeated 3-gram (`--no-repeat-ngram-size` sets it for every generation task).
 
@@ -81,8 +81,7 @@ SST2_SIZE = 67_349  # GLUE SST-2 train = shared sst2/train.tsv + sst2/dev.tsv
 # `length` is a typical padded batch length (`grouped_length` with --group-by-length), only used to estimate the time
 # before starting.
 BUDGETS = {
-    # 3e-4: on a 3-minute tiny-hybrid, 600 steps, the pretrained row scored 78.4 at 3e-4, 76.9 at 1e-3 and was
-    # 71.2 on the selection slice after 525 of 600 steps at 1e-4 (README, "Fine-tuning report").
+    # 3e-4: the best of 1e-4, 3e-4 and 1e-3 for a small pretrained model (docs/notes/finetuning-experiments.md).
     "sst2": {"max_steps": 4000, "batch_size": 32, "learning_rate": 3e-4, "evaluations": 8, "length": 48,
              "grouped_length": 12},
     "xquad": {"max_steps": 300, "batch_size": 16, "learning_rate": 5e-4, "length": 384},
@@ -174,8 +173,8 @@ def prepare_data(work: Path, eval_articles: int, selection_size: int = 2000, see
             "train": data / "scitldr" / "SciTLDR-A" / "train.jsonl",
             "validation": data / "scitldr" / "SciTLDR-A" / "dev.jsonl",
             "test": data / "scitldr" / "SciTLDR-A" / "test.jsonl",
-            # Chosen on dev.jsonl: both inits looped under plain greedy decoding (README, "SciTLDR from the same
-            # 15-minute model": ROUGE-L 14.2 -> 19.1 pretrained, 16.4 -> 17.9 scratch).
+            # Chosen on dev.jsonl: both inits looped under plain greedy decoding
+            # (docs/notes/finetuning-experiments.md).
             "data_args": {"prompt_column": "source", "completion_column": "target", "no_repeat_ngram_size": 3},
         },
     }

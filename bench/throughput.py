@@ -5,7 +5,7 @@ Same run, same dimensions (width, depth, heads, MLP width, vocabulary, tied embe
 - training tokens/s: forward + backward + fused AdamW step on batches of `--batch` x `--seq` tokens, in float32
   and in bfloat16 autocast (the mixed precision Accelerate uses), median over `--steps` timed steps;
 - the bf16 loss curve against the fp32 one (same initial weights, same batches);
-- decoding (`--decode-preset`, by default the dimensions of issue #13: d 256, 4 layers, 4 heads, MLP 688,
+- decoding (`--decode-preset`, by default the bench dimensions: d 256, 4 layers, 4 heads, MLP 688,
   vocabulary 8,192, tied): greedy `generate` tokens/s from a 32-token prompt at batch 1 x 128 new tokens and batch
   8 x 1,024 new tokens, every Yuyan stack with its default `generate` call (what `pipeline` and `yuyan generate`
   do) against Llama with its default options and with its fastest ones (`cache_implementation="static"`), and
@@ -18,10 +18,10 @@ Same run, same dimensions (width, depth, heads, MLP width, vocabulary, tied embe
 Tokens are the UTF-8 bytes of WikiText-2 (../shared/data) when present, so the loss curves mean something;
 random ids otherwise. Prints Markdown tables; `--json PATH` also writes the raw figures.
 
-    python bench/throughput.py                      # the README tables
+    python bench/throughput.py                      # the BENCHMARKS.md tables
     python bench/throughput.py --skip-training      # decoding only (11 min at --threads 1 --repeats 2, loaded)
     python bench/throughput.py --quick              # a smoke run
-    python bench/throughput.py --skip-training --decode-options --threads 2   # issue #13's fast-path candidates
+    python bench/throughput.py --skip-training --decode-options --threads 2   # the decode options side by side
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def cache_bytes(cache) -> int:
     return total
 
 
-# The dimensions issue #13 measured decoding at (~20 MB of weights in fp32).
+# The bench dimensions for decoding (~20 MB of weights in fp32).
 DECODE_DIMS = dict(
     vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
     intermediate_size=688, max_position_embeddings=2048, tie_word_embeddings=True,
@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--skip-training", action="store_true", help="decoding only")
     parser.add_argument("--decode-preset", default=None, choices=["tiny", "small", "base"],
-                        help="decoding models at a preset's dimensions instead of issue #13's")
+                        help="decoding models at a preset's dimensions instead of the bench dimensions")
     parser.add_argument("--short", type=int, default=128, help="new tokens at batch 1")
     parser.add_argument("--long", type=int, default=1024, help="new tokens at batch 8")
     parser.add_argument("--repeats", type=int, default=3)

@@ -143,8 +143,8 @@ def resolve_dtype(dtype):
 
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU runs oneDNN's bfloat16 kernels natively (AVX-512 or AMX), as torch itself decides; on an
-    AVX2-only CPU bf16 matmuls are emulated, many times slower than float32 (README, "A CPU without native
-    bfloat16")."""
+    AVX2-only CPU bf16 matmuls are emulated, many times slower than float32 (BENCHMARKS.md, "A CPU without
+    native bfloat16")."""
     import torch
 
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)

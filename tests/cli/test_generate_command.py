@@ -1,4 +1,4 @@
-"""`yuyan generate` (issue #7): every strategy, stop strings, batching, streaming, chat, and the one-line errors."""
+"""`yuyan generate`: every strategy, stop strings, batching, streaming, chat, and the one-line errors."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Several processes on one machine without GPUs: a check that fails on the main process stops every process with
 the same error; an FSDP launch on CPUs is refused with the reason (Accelerate runs FSDP only on accelerators); and
-transformers' own Trainer scripts run data-parallel on CPUs the way the README says."""
+transformers' own Trainer scripts run data-parallel on CPUs the way docs/pretraining.md says."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_an_fsdp_launch_on_cpus_is_refused_with_the_reason(tmp_path, corpus):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# transformers' Trainer scripts, data-parallel on CPUs (the README's recipe)
+# transformers' Trainer scripts, data-parallel on CPUs (docs/pretraining.md's recipe)
 # ---------------------------------------------------------------------------------------------------------------
 
 TRAINER_SCRIPT = textwrap.dedent('''

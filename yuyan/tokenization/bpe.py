@@ -63,7 +63,7 @@ DEFAULT_MAX_TOKEN_BYTES = 24
 # capped here (that would cut runs at arbitrary places); the trainer caps the token length instead
 # (`max_token_bytes`), which keeps long phrases that repeat in the corpus from becoming single tokens.
 #
-# Measured alternative (bench/README.md): letting a run keep one trailing mark (了。 吗？) helps sentences that end
+# Measured alternative (docs/notes/tokenizer-experiments.md): letting a run keep one trailing mark (了。 吗？) helps sentences that end
 # a message, but costs as much on line-per-sentence text, where "。\n" is the better token; it was left out.
 _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\x{30FC}"
 _PIECES = (
