@@ -59,6 +59,15 @@ def generation_model(stack: str, **overrides) -> YuyanForCausalLM:
     return model
 
 
+@torch.no_grad()
+def manual_greedy(model, ids: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy decoding by re-running the whole sequence each step, no cache: the reference for cached decoding."""
+    for _ in range(steps):
+        next_token = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, next_token], dim=1)
+    return ids
+
+
 BLOCK_YUYAN = """
 import sys
 

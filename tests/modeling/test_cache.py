@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import DynamicCache, StaticCache
 
-from model_helpers import generation_model, random_ids
+from model_helpers import generation_model, manual_greedy, random_ids
 from yuyan.internals import ALL_RECURRENT_CACHE_HAS_A_LENGTH
 
 # Where the first layer is an LSTM, the cache's first layer holds no keys: positions and lengths must still come out
@@ -25,14 +25,6 @@ def layout_model(layout: str, seed: int = 0):
     torch.manual_seed(seed)
     model = generation_model("attention", layer_types=LAYOUTS[layout], num_hidden_layers=len(LAYOUTS[layout]))
     return model
-
-
-@torch.no_grad()
-def greedy_without_cache(model, ids: torch.Tensor, steps: int) -> torch.Tensor:
-    for _ in range(steps):
-        next_token = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
-        ids = torch.cat([ids, next_token], dim=1)
-    return ids
 
 
 def feed(model, cache, ids: torch.Tensor, cuts: list[int]) -> torch.Tensor:
@@ -76,7 +68,7 @@ def test_greedy_generate_equals_greedy_without_a_cache(layout):
     model = layout_model(layout)
     prompt = random_ids(1, 6)
     generated = model.generate(prompt, max_new_tokens=12, do_sample=False)
-    torch.testing.assert_close(generated, greedy_without_cache(model, prompt, 12))
+    torch.testing.assert_close(generated, manual_greedy(model, prompt, 12))
 
 
 def test_every_lstm_layer_counts_its_tokens():

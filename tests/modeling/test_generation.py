@@ -6,19 +6,10 @@ import pytest
 import torch
 from transformers import DynamicCache, GenerationConfig, TextIteratorStreamer
 
-from model_helpers import PAD, STACKS, generation_model, random_ids, tiny_config
+from model_helpers import PAD, STACKS, generation_model, manual_greedy, random_ids, tiny_config
 from yuyan import YuyanForCausalLM
 
 ALL_STACKS = sorted(STACKS)
-
-
-@torch.no_grad()
-def manual_greedy(model, ids: torch.Tensor, steps: int) -> torch.Tensor:
-    """Greedy decoding by re-running the whole sequence each step, no cache."""
-    for _ in range(steps):
-        next_token = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
-        ids = torch.cat([ids, next_token], dim=1)
-    return ids
 
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
