@@ -327,13 +327,18 @@ def _iter_parquet(path: Path, text_column: str) -> Iterator[str]:
         shown = ", ".join(map(repr, names[:10])) or "none"
         raise ValueError(f"{path}: no {text_column!r} column (columns: {shown}); choose one with --text-column")
     for batch in parquet.iter_batches(batch_size=1024, columns=[text_column]):
-        for text in batch.column(0).to_pylist():
-            if text is None:
-                continue
-            if not isinstance(text, str):
-                raise ValueError(f"{path}: column {text_column!r} holds {type(text).__name__} values, not strings")
-            if text:
-                yield text
+        yield from _column_texts(batch.column(0).to_pylist(), text_column, f"{path}: ")
+
+
+def _column_texts(values: Iterable[Any], text_column: str, where: str = "") -> Iterator[str]:
+    """The non-empty strings of one batch of a text column; nulls are skipped, any other value is an error."""
+    for text in values:
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raise ValueError(f"{where}column {text_column!r} holds {type(text).__name__} values, not strings")
+        if text:
+            yield text
 
 
 def limit_texts(texts: Iterable[str], *, max_texts: int | None = None, max_bytes: int | None = None) -> Iterator[str]:
@@ -400,13 +405,7 @@ def texts_from_records(records: Iterable[Any], text_column: str = "text") -> Ite
         raise ValueError(f"the dataset has no {text_column!r} column (columns: {column_names}); choose one with text_column")
     if column_names is not None and hasattr(records, "iter") and hasattr(records, "select_columns"):
         for batch in records.select_columns([text_column]).iter(batch_size=1000):
-            for text in batch[text_column]:
-                if text is None:
-                    continue
-                if not isinstance(text, str):
-                    raise ValueError(f"column {text_column!r} holds {type(text).__name__} values, not strings")
-                if text:
-                    yield text
+            yield from _column_texts(batch[text_column], text_column)
         return
     for number, record in enumerate(records):
         if isinstance(record, str):

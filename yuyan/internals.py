@@ -26,6 +26,16 @@ class Internal:
     needs: str  # what Yuyan needs from it: the message when the check fails
     check: Callable[[], None]  # raises (AssertionError or any error) when the installed release breaks the need
 
+    def failure(self) -> str | None:
+        """What changed, in one message naming the internal, where Yuyan uses it and what it needs; None if the
+        check passes."""
+        try:
+            self.check()
+        except Exception as error:  # any failure is the release having changed what Yuyan relies on
+            return (f"{self.name} (used by {self.used_by}) changed: Yuyan needs that {self.needs}. "
+                    f"The check failed with {type(error).__name__}: {error}")
+        return None
+
 
 def _resolve(dotted: str):
     module_name, _, attribute = dotted.rpartition(".")
@@ -74,11 +84,12 @@ def _check_cache_registries() -> None:
 
 
 def _check_recurrent_layers_are_linear() -> None:
+    import torch
     from transformers import DynamicCache
 
     cache = DynamicCache(config=_tiny_config(["lstm", "full_attention"]))
     assert list(cache.is_linear) == [True, False], f"Cache.is_linear gave {list(cache.is_linear)}"
-    cache.layers[0].store(__import__("torch").zeros(1, 2, 8), 1)
+    cache.layers[0].store(torch.zeros(1, 2, 8), 1)
     assert cache.has_previous_state(0) is True
 
 
@@ -254,7 +265,10 @@ INTERNALS: list[Internal] = [
 
 
 @functools.cache
-def _all_recurrent_cache_has_a_length() -> bool:
+def all_recurrent_cache_has_a_length() -> bool:
+    """A capability of the installed transformers, measured rather than read off its version number: whether a cache
+    of recurrent layers only can report its length. transformers 5.24 raises instead, so there an all-LSTM model
+    cannot be the *assistant* model of assisted decoding (as the main model it can)."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=_tiny_config(["lstm"]))
@@ -265,30 +279,13 @@ def _all_recurrent_cache_has_a_length() -> bool:
     return True
 
 
-def __getattr__(name: str):
-    # A capability of the installed transformers, measured rather than read off its version number: whether a cache
-    # of recurrent layers only can report its length (transformers 5.24 raises instead, so an all-LSTM model cannot
-    # be the *assistant* model of assisted decoding there; as the main model it can).
-    if name == "ALL_RECURRENT_CACHE_HAS_A_LENGTH":
-        return _all_recurrent_cache_has_a_length()
-    raise AttributeError(name)
-
-
 def failures() -> list[str]:
     """One message per internal whose check fails on the installed releases."""
-    found = []
-    for internal in INTERNALS:
-        try:
-            internal.check()
-        except Exception as error:  # any failure is the release having changed what Yuyan relies on
-            found.append(f"{internal.name} (used by {internal.used_by}) changed: Yuyan needs that {internal.needs}. "
-                         f"The check failed with {type(error).__name__}: {error}")
-    return found
+    return [message for message in map(Internal.failure, INTERNALS) if message is not None]
 
 
 if __name__ == "__main__":
     broken = failures()
     for internal in INTERNALS:
-        status = "CHANGED" if any(message.startswith(internal.name) for message in broken) else "ok"
-        print(f"{status:8} {internal.name}")
+        print(f"{'CHANGED' if internal.failure() else 'ok':8} {internal.name}")
     raise SystemExit(1 if broken else 0)

@@ -9,7 +9,7 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from model_helpers import generation_model, manual_greedy, random_ids
-from yuyan.internals import ALL_RECURRENT_CACHE_HAS_A_LENGTH
+from yuyan.internals import all_recurrent_cache_has_a_length
 
 # Where the first layer is an LSTM, the cache's first layer holds no keys: positions and lengths must still come out
 # right. Both hybrid orders are covered for that reason.
@@ -178,7 +178,7 @@ def assisted_or_refused(model, assistant, prompt, expected):
     for its length (5.24), it refuses with a ValueError instead."""
     settings = dict(max_new_tokens=expected.shape[1] - prompt.shape[1], do_sample=False, assistant_model=assistant,
                     num_assistant_tokens=3)
-    if not assistant.config.has_attention and not ALL_RECURRENT_CACHE_HAS_A_LENGTH:
+    if not assistant.config.has_attention and not all_recurrent_cache_has_a_length():
         with pytest.raises(ValueError, match="get_seq_length"):
             model.generate(prompt, **settings)
         return
