@@ -55,7 +55,7 @@ GENERATION_FLAGS: tuple[tuple[str, type, str], ...] = (
 
 
 # Below this many new tokens the two weight copies of `decode_layout` cost more than its faster steps win back
-# (bench/throughput.py measures both sides; BENCHMARKS.md has the figures).
+# (docs/notes/throughput-experiments.md has the measurements, made on an AVX-512 CPU).
 DECODE_LAYOUT_MIN_NEW_TOKENS = 32
 
 
