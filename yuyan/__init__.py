@@ -37,10 +37,13 @@ from .pipelines import register_pipelines as _register_pipelines  # noqa: E402
 
 _register_pipelines()
 
+from .fast import FastGenerator  # noqa: E402
+
 
 __all__ = [
     "__version__",
     "PRESETS",
+    "FastGenerator",
     "YuyanConfig",
     "YuyanPreTrainedModel",
     "YuyanModel",

@@ -138,7 +138,7 @@ def export_to_llama(model_dir: str | Path, output_dir: str | Path, overwrite: bo
     """
     from transformers import GenerationConfig, LlamaForCausalLM
 
-    from yuyan import YuyanConfig, YuyanForCausalLM
+    from yuyan.modeling import YuyanConfig, YuyanForCausalLM
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if not (model_dir / "config.json").is_file():
@@ -173,7 +173,7 @@ def export_to_llama(model_dir: str | Path, output_dir: str | Path, overwrite: bo
 
 def yuyan_config_from_llama(llama_config, mixer_types: Sequence[str] | None = None):
     """The `YuyanConfig` of a Llama configuration (all attention unless `mixer_types` says otherwise)."""
-    from yuyan import YuyanConfig
+    from yuyan.modeling import YuyanConfig
 
     if llama_config.model_type != "llama":
         raise ValueError(f"this is a {llama_config.model_type!r} checkpoint; only 'llama' checkpoints are imported")
@@ -235,7 +235,7 @@ def import_from_llama(
     """
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from yuyan import YuyanForCausalLM
+    from yuyan.modeling import YuyanForCausalLM
 
     llama_dir, output_dir = Path(llama_dir), Path(output_dir)
     if not (llama_dir / "config.json").is_file():

@@ -384,14 +384,23 @@ def _encode_prompts(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     return encoded
 
 
-def _generate_batch(model, tokenizer, batch: list[list[int]], config, streamer):
-    """One left-padded `model.generate` call: (new token ids per row, seconds, cache bytes after each step)."""
+def _generate_batch(model, tokenizer, batch: list[list[int]], config, streamer, fast=None):
+    """One left-padded `model.generate` call (or `fast.generate`, with a `FastGenerator`): (new token ids per row,
+    seconds, cache bytes after each step: none are counted on the fast path)."""
     import torch
 
     inputs = tokenizer.pad({"input_ids": batch}, padding=True, return_tensors="pt")
     input_ids = inputs["input_ids"].to(model.device)
     attention_mask = inputs["attention_mask"].to(model.device)
     sizes: list[int] = []
+    if fast is not None:
+        # Stop strings end no fast decode early; the completions are cut at them all the same.
+        fast_config = copy.deepcopy(config)
+        fast_config.stop_strings = None
+        began = time.perf_counter()
+        sequences = fast.generate(input_ids, attention_mask=attention_mask, streamer=streamer,
+                                  generation_config=fast_config)
+        return sequences[:, input_ids.shape[1]:].tolist(), time.perf_counter() - began, sizes
 
     def record(module, args, output):
         cache = getattr(output, "cache", None)
@@ -430,6 +439,7 @@ def generate_texts(
     add_special_tokens: bool = True,
     seed: int | None = None,
     log: Callable[[str], None] | None = None,
+    fast=None,
 ) -> GenerationRun:
     """Generate a completion (or `num_return_sequences` of them) for every prompt.
 
@@ -439,7 +449,8 @@ def generate_texts(
     An empty prompt starts from the bos token. For a model with attention layers, a prompt longer than
     `max_position_embeddings` raises `ValueError`, unless `truncate`, which keeps the prompt's last
     `max_position_embeddings - max_new_tokens` tokens. `streamer` (batch size 1 only) receives the tokens as
-    they come, e.g. `make_streamer(tokenizer, stop)` or a `transformers.TextIteratorStreamer`.
+    they come, e.g. `make_streamer(tokenizer, stop)` or a `transformers.TextIteratorStreamer`. With `fast` (a
+    `yuyan.FastGenerator` of the same model) the tokens come from it instead of `model.generate`.
     """
     from transformers import set_seed
 
@@ -461,7 +472,8 @@ def generate_texts(
     step = batch_size or max(len(prompts), 1)
     try:
         for start in range(0, len(prompts), step):
-            new, seconds, sizes = _generate_batch(model, tokenizer, encoded[start:start + step], config, streamer)
+            new, seconds, sizes = _generate_batch(model, tokenizer, encoded[start:start + step], config, streamer,
+                                                  fast)
             run.seconds += seconds
             run.cache_bytes.append(sizes)
             for row, tokens in enumerate(new):

@@ -207,8 +207,7 @@ def load_model_and_tokenizer(
                       "emulated, many times slower than float32 here; float32 is the fast choice on this CPU.",
                       stacklevel=2)
 
-    import yuyan  # noqa: F401  (registers Yuyan with the Auto classes)
-
+    # The Auto classes know Yuyan already: importing this module ran yuyan/__init__.py, which registers them.
     if model_class is None:
         from transformers import AutoModelForCausalLM as model_class
     from transformers import AutoTokenizer

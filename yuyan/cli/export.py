@@ -1,4 +1,5 @@
-"""`yuyan export`: a Yuyan model to a plain transformers Llama folder, or a Llama one to Yuyan (`yuyan.export`)."""
+"""`yuyan export`: a Yuyan model to a plain transformers Llama folder or a stateful ONNX decoder, or a Llama one to
+Yuyan (`yuyan.export`, `yuyan.fast.onnx`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import argparse
 def build(subparsers, name: str, help: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help)
     direction = parser.add_mutually_exclusive_group(required=True)
-    direction.add_argument("--format", choices=["llama"], help="write the Yuyan model in --model in this format")
+    direction.add_argument("--format", choices=["llama", "onnx"],
+                           help="write the Yuyan model in --model in this format: llama (a transformers Llama folder, "
+                                "attention models) or onnx (a stateful decoder for ONNX Runtime, every stack)")
     direction.add_argument("--from", dest="source_format", choices=["llama"],
                            help="read --model in this format and write a Yuyan model")
     parser.add_argument("--model", required=True, help="the model folder to convert")
@@ -25,9 +28,17 @@ def build(subparsers, name: str, help: str) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     from yuyan.export import export_to_llama, import_from_llama
 
+    if args.format is not None and args.layer_types is not None:
+        raise ValueError("--layer-types applies to --from llama only")
+    if args.format == "onnx":
+        from yuyan.fast.onnx import export_onnx
+
+        summary = export_onnx(args.model, args.output, overwrite=args.overwrite)
+        print(f"wrote a stateful ONNX decoder ({', '.join(summary['layer_types'])}; {summary['size'] / 2**20:.1f} MiB) "
+              f"to {summary['output']}; its inputs, outputs and state are described in "
+              f"{summary['output']}/decoder.json")
+        return
     if args.format == "llama":
-        if args.layer_types is not None:
-            raise ValueError("--layer-types applies to --from llama only")
         summary = export_to_llama(args.model, args.output, overwrite=args.overwrite)
         print(f"wrote a Llama model ({summary['layers']} layers, {summary['parameters'] / 1e6:.2f}M parameters) to "
               f"{summary['output']}; load it with LlamaForCausalLM.from_pretrained({summary['output']!r})")

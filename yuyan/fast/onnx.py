@@ -1,0 +1,213 @@
+"""The stateful ONNX decoder: `yuyan export --format onnx`, and running it in ONNX Runtime.
+
+The exported graph is `StatefulDecoder` (yuyan/fast/decoder.py): inputs `input_ids`, `position_ids`,
+`attention_mask` and the state after the past tokens (`past.{layer}.key` / `.value` for an attention layer,
+`past.{layer}.h` / `.c` for an LSTM layer); outputs `logits` (the last position's, `(batch, vocab)`) and the state
+after the new tokens (`present.{layer}.*`). The batch and the sequence lengths are dynamic: one graph reads a prompt
+of any length and then one token at a time. An LSTM layer is ONNX's own `LSTM` operator.
+
+An export folder holds `model.onnx`, `decoder.json` (the state layout and the special tokens: everything a host
+needs to drive the graph), and the model's tokenizer and generation config when the source folder has them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from yuyan.fast.decoder import StatefulDecoder, check_supported, state_layout
+
+ONNX_FILE = "model.onnx"
+DECODER_FILE = "decoder.json"
+# The format of decoder.json and of the graph's inputs and outputs; a host checks it before driving the graph.
+DECODER_FORMAT = 1
+OPSET = 18
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ImportError(
+            f"the ONNX decoder needs the `{module}` package: pip install 'yuyan[onnx]' (onnx, onnxscript, onnxruntime)"
+        ) from None
+
+
+def decoder_description(config) -> dict:
+    """What decoder.json says: the graph's inputs and outputs, the state layout and the model's dimensions."""
+    layout = state_layout(config)
+    return {
+        "format": DECODER_FORMAT,
+        "inputs": ["input_ids", "position_ids", "attention_mask", *(t.input_name for t in layout)],
+        "outputs": ["logits", *(t.output_name for t in layout)],
+        "state": [
+            {"input": t.input_name, "output": t.output_name, "layer": t.layer, "kind": t.kind,
+             "shape": ["batch" if i == 0 else ("past" if axis is None else axis) for i, axis in enumerate(t.shape)]}
+            for t in layout
+        ],
+        "layer_types": list(config.layer_types),
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": config.head_dim,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "notes": (
+            "logits are the last position's. attention_mask covers past and new tokens (1: real); it masks the "
+            "attention layers only: LSTM layers read every position given, so feed prompts of different lengths "
+            "one at a time. Start from zero LSTM states and keys/values with 0 past positions."
+        ),
+    }
+
+
+def export_decoder(model, path: str | os.PathLike) -> Path:
+    """Write `model`'s stateful decoder as an ONNX file at `path` (float32; a model in another dtype is exported
+    from a float32 copy). Returns the path."""
+    _require("onnx")
+    _require("onnxscript")
+    check_supported(model)
+    if next(model.parameters()).dtype != torch.float32:
+        model = copy.deepcopy(model).float()
+    model = model.eval()
+    config = model.config
+    decoder = StatefulDecoder(model).eval()
+    layout = state_layout(config)
+
+    batch, length, past = 2, 3, 4  # distinct sizes, so that the tracer cannot confuse the axes
+    example_state = []
+    for tensor in layout:
+        shape = [batch] + [past if axis is None else axis for axis in tensor.shape[1:]]
+        example_state.append(torch.zeros(shape))
+    example = (
+        torch.zeros(batch, length, dtype=torch.long),
+        torch.arange(past, past + length).expand(batch, -1).contiguous(),
+        torch.ones(batch, past + length, dtype=torch.long),
+        *example_state,
+    )
+    auto = torch.export.Dim.AUTO
+    dynamic = [{0: auto, 1: auto}, {0: auto, 1: auto}, {0: auto, 1: auto}]
+    # `forward(*state)`: torch.export sees the state as one (variadic) argument.
+    dynamic.append(tuple({0: auto, 2: auto} if tensor.grows else {0: auto} for tensor in layout))
+    description = decoder_description(config)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            decoder, example, dynamic_shapes=tuple(dynamic), input_names=description["inputs"],
+            output_names=description["outputs"], opset_version=OPSET, dynamo=True, verbose=False,
+            external_data=False, optimize=True,
+        )
+    _name_axes(program.model, description)
+    program.save(str(temporary), external_data=False)
+    os.replace(temporary, path)
+    return path
+
+
+def _name_axes(ir_model, description: dict) -> None:
+    """Give every input's and output's varying axes one name each (batch, sequence, past, total). The tracer
+    names them after its own symbols and may write a traced size for an axis it could not follow (an LSTM's
+    output length); a host would then warn on every call."""
+    names = {"input_ids": ("batch", "sequence"), "position_ids": ("batch", "sequence"),
+             "attention_mask": ("batch", "total"), "logits": ("batch", description["vocab_size"])}
+    for entry in description["state"]:
+        shape = tuple("total" if axis == "past" else axis for axis in entry["shape"])
+        names[entry["input"]] = tuple("past" if axis == "past" else axis for axis in entry["shape"])
+        names[entry["output"]] = shape
+    import onnx_ir as ir
+
+    for value in (*ir_model.graph.inputs, *ir_model.graph.outputs):
+        if value.name in names:
+            value.shape = ir.Shape(list(names[value.name]))
+
+
+def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False) -> dict:
+    """`yuyan export --format onnx`: the model folder's stateful decoder, decoder.json, tokenizer and generation
+    config, written into a staging folder and renamed into place as a whole."""
+    from yuyan.export import _copy_tokenizer_and_generation_config
+    from yuyan.files import check_output_folder, publish_folder, staging_dir, write_json_atomic
+    from yuyan.loading import load_pretrained
+    from yuyan.modeling import YuyanForCausalLM
+
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json: give a saved Yuyan model folder")
+    check_output_folder(output_dir, overwrite, "pass --overwrite (overwrite=True) to replace it")
+    model = load_pretrained(YuyanForCausalLM, model_dir)
+    with staging_dir(output_dir.parent, prefix=f".{output_dir.name}.tmp-") as staging:
+        export_decoder(model, staging / ONNX_FILE)
+        write_json_atomic(staging / DECODER_FILE, decoder_description(model.config))
+        copied = _copy_tokenizer_and_generation_config(model_dir, staging)
+        check_output_folder(output_dir, overwrite, "pass --overwrite (overwrite=True) to replace it")
+        publish_folder(staging, output_dir)
+    return {"output": str(output_dir), "format": "onnx", "layer_types": list(model.config.layer_types),
+            "copied": copied, "size": (output_dir / ONNX_FILE).stat().st_size}
+
+
+class OnnxDecoder:
+    """An ONNX Runtime session over an exported decoder, with the state kept as ONNX Runtime values between calls
+    (no copy back into Python per token).
+
+    `start(batch)` gives the empty state; `step(input_ids, position_ids, attention_mask, state)` returns the
+    logits as a NumPy array and the new state.
+    """
+
+    def __init__(self, folder: str | os.PathLike, threads: int | None = None):
+        ort = _require("onnxruntime")
+        folder = Path(folder)
+        description = json.loads((folder / DECODER_FILE).read_text(encoding="utf-8"))
+        if description.get("format") != DECODER_FORMAT:
+            raise ValueError(
+                f"{folder / DECODER_FILE} describes decoder format {description.get('format')!r}; this Yuyan reads "
+                f"format {DECODER_FORMAT}: export the model again"
+            )
+        self.description = description
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        self._ort = ort
+        self.state_inputs = [entry["input"] for entry in description["state"]]
+        self.state_outputs = [entry["output"] for entry in description["state"]]
+
+    def start(self, batch_size: int) -> list:
+        state = []
+        for entry in self.description["state"]:
+            shape = [batch_size if axis == "batch" else 0 if axis == "past" else axis for axis in entry["shape"]]
+            state.append(self._ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=np.float32)))
+        return state
+
+    def step(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, state: list):
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
+        for name, value in zip(self.state_inputs, state):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits")
+        for name in self.state_outputs:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return outputs[0].numpy(), list(outputs[1:])
+
+    @staticmethod
+    def to_numpy(value) -> np.ndarray:
+        return value.numpy()
+
+    def from_numpy(self, array: np.ndarray):
+        return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+__all__ = ["DECODER_FILE", "ONNX_FILE", "OnnxDecoder", "decoder_description", "export_decoder", "export_onnx"]
