@@ -15,12 +15,18 @@ Same run, same dimensions (width, depth, heads, MLP width, vocabulary, tied embe
   decode step on the CPU (a static cache and a `CompileConfig` that allows every device; the first call of each
   shape pays the compilation, in the warm-up), and with both.
 
+`--fast` measures `yuyan.FastGenerator` (the stateful decoder in ONNX Runtime) instead: every stack beside its own
+`generate` and HF Llama's `generate` at batch 1 x `--fast-short` and batch 8 x `--long` new tokens, then new
+tokens/s after a `--long-prompt`-token prompt (where an LSTM's constant state meets a growing attention cache), and
+the preparation's cost, first (export) and from the cache.
+
 Tokens are the UTF-8 bytes of WikiText-2 (../shared/data) when present, so the loss curves mean something;
 random ids otherwise. Prints Markdown tables; `--json PATH` also writes the raw figures.
 
     python bench/throughput.py                      # the BENCHMARKS.md tables
     python bench/throughput.py --skip-training      # decoding only (11 min at --threads 1 --repeats 2, loaded)
     python bench/throughput.py --quick              # a smoke run
+    python bench/throughput.py --skip-training --fast --threads 2    # FastGenerator (BENCHMARKS.md)
     python bench/throughput.py --skip-training --decode-options --threads 2   # the decode options side by side
 """
 
@@ -103,10 +109,10 @@ def cache_bytes(cache) -> int:
     return total
 
 
-# The bench dimensions for decoding (~20 MB of weights in fp32).
+# The bench dimensions for decoding (~20 MB of weights in fp32); positions for --fast's long prompt.
 DECODE_DIMS = dict(
     vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-    intermediate_size=688, max_position_embeddings=2048, tie_word_embeddings=True,
+    intermediate_size=688, max_position_embeddings=8448, tie_word_embeddings=True,
 )
 
 
@@ -212,6 +218,105 @@ def bench_decoding(args) -> dict[str, dict]:
     return results
 
 
+class _Clock:
+    """A streamer that notes when each token arrives: the first `put` is the prompt, the next ones new tokens."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+    def rate_after_prompt(self, batch: int) -> float:
+        """Tokens/s from the first new token to the last (the prompt's reading left out)."""
+        steps = len(self.times) - 2
+        return batch * steps / (self.times[-1] - self.times[1])
+
+
+def bench_fast(args) -> dict[str, dict]:
+    """FastGenerator (ONNX Runtime) beside `generate` on every stack, and HF Llama's `generate`, in one run: batch 1
+    and batch 8, then a long prompt (LSTM state against a growing attention cache). Also the preparation's cost,
+    first (export) and from the cache."""
+    import tempfile
+
+    from yuyan import FastGenerator
+
+    models = {name: model for name, (model, options) in decoding_models(args.decode_preset).items() if not options}
+    llama = models.pop("HF Llama, default")
+    cache_dir = Path(tempfile.mkdtemp(prefix="yuyan-fast-bench-"))
+    vocab = llama.config.vocab_size
+    results: dict[str, dict] = {}
+    fast = {}
+    for name, model in models.items():
+        first = FastGenerator(model, cache_dir=cache_dir)
+        again = FastGenerator(model, cache_dir=cache_dir)
+        fast[name] = again
+        results[name] = {"prepare_first_s": first.preparation.seconds, "prepare_cached_s": again.preparation.seconds}
+
+    def fast_rate(generator, batch, new_tokens):
+        prompt = torch.randint(3, vocab, (batch, 32), generator=torch.Generator().manual_seed(1))
+        start = time.perf_counter()
+        generator.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=[], pad_token_id=0)
+        return batch * new_tokens / (time.perf_counter() - start)
+
+    shapes = {"b1": (1, args.fast_short), "b8": (8, args.long)}
+    contenders = {"HF Llama generate": lambda b, n: generation_rate(llama, b, n, vocab, {})[0]}
+    for name in models:
+        contenders[f"{name} generate"] = (lambda m: lambda b, n: generation_rate(m, b, n, vocab, {})[0])(models[name])
+        contenders[f"{name} FastGenerator"] = (lambda g: lambda b, n: fast_rate(g, b, n))(fast[name])
+    for run in contenders.values():  # warm-up
+        run(1, 8)
+    rates = {name: {key: [] for key in shapes} for name in contenders}
+    for _ in range(args.repeats):
+        for key, (batch, new_tokens) in shapes.items():
+            for name, run in contenders.items():
+                rates[name][key].append(run(batch, new_tokens))
+    table = {name: {key: statistics.median(values) for key, values in row.items()} for name, row in rates.items()}
+    reference = table["HF Llama generate"]
+
+    # The long prompt: new tokens/s after it, FastGenerator only (medians of the repeats).
+    long_rates = {}
+    if args.long_prompt:
+        prompt = torch.randint(3, vocab, (1, args.long_prompt), generator=torch.Generator().manual_seed(2))
+        for name, generator in fast.items():
+            values = []
+            for _ in range(args.repeats):
+                clock = _Clock()
+                generator.generate(prompt, max_new_tokens=args.long_new, min_new_tokens=args.long_new, eos_token_id=[],
+                                   pad_token_id=0, streamer=clock)
+                values.append(clock.rate_after_prompt(1))
+            long_rates[name] = statistics.median(values)
+            results[name]["long_prompt_tokens_per_s"] = long_rates[name]
+
+    dims = llama.config
+    print(f"\n### FastGenerator: greedy, 32-token prompt, d {dims.hidden_size}, {dims.num_hidden_layers} layers, vocabulary "
+          f"{dims.vocab_size}, {torch.get_num_threads()} threads, medians of {args.repeats}\n")
+    print(f"| decoder | b1 x {args.fast_short} tok/s | ×HF Llama generate | b8 x {args.long} tok/s | ×HF Llama generate |")
+    print("|---|---:|---:|---:|---:|")
+    for name, row in table.items():
+        print(f"| {name} | {row['b1']:.0f} | {row['b1'] / reference['b1']:.2f} | {row['b8']:.0f} "
+              f"| {row['b8'] / reference['b8']:.2f} |")
+        if name in results:
+            results[name].update(row)
+    if long_rates:
+        attention = long_rates.get("yuyan attention")
+        print(f"\n{args.long_prompt}-token prompt, then {args.long_new} new tokens at batch 1 (tokens/s after the prompt):\n")
+        print("| FastGenerator | tok/s | ×attention |")
+        print("|---|---:|---:|")
+        for name, rate in long_rates.items():
+            print(f"| {name} | {rate:.0f} | {rate / attention:.2f} |" if attention else f"| {name} | {rate:.0f} | |")
+    print("\nPreparation (export, then from the cache):\n")
+    print("| model | first s | cached s |")
+    print("|---|---:|---:|")
+    for name in models:
+        print(f"| {name} | {results[name]['prepare_first_s']:.1f} | {results[name]['prepare_cached_s']:.2f} |")
+    results["HF Llama generate"] = reference
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "base"], help="training models")
@@ -227,19 +332,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--decode-options", action="store_true",
                         help="also decode in bf16, compiled (static cache), and both")
+    parser.add_argument("--fast", action="store_true",
+                        help="FastGenerator beside generate and HF Llama (batch 1 and 8, a long prompt, preparation)")
+    parser.add_argument("--fast-short", type=int, default=160, help="with --fast: new tokens at batch 1")
+    parser.add_argument("--long-prompt", type=int, default=8192, help="with --fast: the long prompt's tokens (0: skip)")
+    parser.add_argument("--long-new", type=int, default=128, help="with --fast: new tokens after the long prompt")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="few steps, short generation: a smoke run")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.quick:
         args.steps, args.warmup, args.short, args.long, args.repeats = 2, 1, 16, 32, 1
+        args.fast_short, args.long_prompt, args.long_new = 16, 600, 16
     if args.threads:
         torch.set_num_threads(args.threads)
 
     results: dict[str, dict] = {}
     if not args.skip_training:
         results["training"] = bench_training(args)
-    results["decoding"] = bench_decoding(args)
+    if args.fast:
+        results["fast"] = bench_fast(args)
+    else:
+        results["decoding"] = bench_decoding(args)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))

@@ -125,29 +125,28 @@ class StatefulDecoder(nn.Module):
     def _attention(self, attention, normed, rotary, mask, past_key, past_value):
         batch, length, _ = normed.shape
         config = self.config
-        q_size = config.num_attention_heads * config.head_dim
-        kv_size = config.num_key_value_heads * config.head_dim
-        query, key, value = attention.qkv_proj(normed).split([q_size, kv_size, kv_size], dim=-1)
-        query = query.view(batch, length, -1, config.head_dim).transpose(1, 2)
-        key = key.view(batch, length, -1, config.head_dim).transpose(1, 2)
-        value = value.view(batch, length, -1, config.head_dim).transpose(1, 2)
+        heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+        # Queries and keys rotate together (one set of operators per layer rather than two: in a one-token step the
+        # count of operators, not their arithmetic, sets the time).
+        qkv = attention.qkv_proj(normed).view(batch, length, heads + 2 * kv_heads, config.head_dim).transpose(1, 2)
+        query_key, value = qkv.split([heads + kv_heads, kv_heads], dim=1)
         cos, sin = (part.unsqueeze(1) for part in rotary)
-        query, key = _rotate(query, cos, sin), _rotate(key, cos, sin)
+        query, key = _rotate(query_key, cos, sin).split([heads, kv_heads], dim=1)
         key = torch.cat((past_key, key), dim=2)
         value = torch.cat((past_value, value), dim=2)
+        # Written out rather than `F.scaled_dot_product_attention`: ONNX Runtime's CPU kernel of the ONNX Attention
+        # operator it exports to measured slower than these few operators.
         if self.groups > 1:
             # Each key/value head serves `groups` query heads: fold those into the query's length axis, so that
             # one product per key/value head covers them (no copy of the keys and values).
-            grouped = query.reshape(batch, config.num_key_value_heads, self.groups * length, config.head_dim)
-            scores = grouped @ key.transpose(2, 3) * attention.scaling
-            scores = scores.view(batch, config.num_attention_heads, length, -1) + mask
-            weights = torch.softmax(scores, dim=-1)
-            grouped_weights = weights.view(batch, config.num_key_value_heads, self.groups * length, -1)
-            output = (grouped_weights @ value).view(batch, config.num_attention_heads, length, config.head_dim)
+            grouped = query.reshape(batch, kv_heads, self.groups * length, config.head_dim)
+            scores = (grouped @ key.transpose(2, 3) * attention.scaling).view(batch, heads, length, -1) + mask
+            weights = torch.softmax(scores, dim=-1).view(batch, kv_heads, self.groups * length, -1)
+            output = (weights @ value).view(batch, heads, length, config.head_dim)
         else:
             scores = query @ key.transpose(2, 3) * attention.scaling + mask
             output = torch.softmax(scores, dim=-1) @ value
-        output = output.transpose(1, 2).reshape(batch, length, q_size)
+        output = output.transpose(1, 2).reshape(batch, length, heads * config.head_dim)
         return attention.o_proj(output), key, value
 
     @staticmethod

@@ -257,19 +257,31 @@ class FastGenerator:
 
         if streamer is not None:
             streamer.put(input_ids.cpu())
-        logits, state, decoder_mask, positions = self._read_prompts(input_ids, mask)
-        sequences = input_ids
-        unfinished = torch.ones(input_ids.shape[0], dtype=torch.long)
+        batch, prompt_length = input_ids.shape
+        capacity = prompt_length + max_new_tokens
+        buffers = self.decoder.buffers(batch, capacity) if self.decoder.wants_buffers(batch, capacity) else None
+        logits, state, decoder_mask, positions = self._read_prompts(input_ids, mask, buffers)
+        # Filled in place, step by step: at one token per step, rebuilding growing arrays would cost more than the
+        # decoder's own work on small models.
+        sequences = torch.empty(batch, prompt_length + max_new_tokens, dtype=torch.long)
+        sequences[:, :prompt_length] = input_ids
+        read = decoder_mask.shape[1]
+        decoder_mask = np.concatenate([decoder_mask, np.ones((batch, max_new_tokens), np.int64)], axis=1)
+        unfinished = torch.ones(batch, dtype=torch.long)
         eos_tensor = torch.tensor(eos, dtype=torch.long)
+        length = prompt_length
         for step in range(max_new_tokens):
-            scores = processors(sequences, torch.from_numpy(logits))
+            scores = torch.from_numpy(logits)
+            if processors:
+                scores = processors(sequences[:, :length], scores)
             if do_sample:
                 next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
             else:
                 next_tokens = torch.argmax(scores, dim=-1)
             if eos:
                 next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
-            sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
+            sequences[:, length] = next_tokens
+            length += 1
             if streamer is not None:
                 streamer.put(next_tokens.cpu())
             if eos:
@@ -278,9 +290,12 @@ class FastGenerator:
                     break
             if step + 1 == max_new_tokens:
                 break
-            decoder_mask = np.concatenate([decoder_mask, np.ones((decoder_mask.shape[0], 1), np.int64)], axis=1)
-            logits, state = self.decoder.step(next_tokens.numpy()[:, None], positions[:, None], decoder_mask, state)
+            read += 1
+            logits, state = self.decoder.step(
+                sequences[:, length - 1 : length].numpy(), positions[:, None], decoder_mask[:, :read], state, buffers
+            )
             positions = positions + 1
+        sequences = sequences[:, :length]
         if streamer is not None:
             streamer.end()
         return sequences
@@ -320,14 +335,14 @@ class FastGenerator:
                 processors.append(TopPLogitsWarper(top_p=top_p))
         return processors
 
-    def _read_prompts(self, input_ids: torch.Tensor, mask: torch.Tensor):
+    def _read_prompts(self, input_ids: torch.Tensor, mask: torch.Tensor, buffers=None):
         """Run the prompts through the decoder: the last position's logits, the state, the decoder's attention mask
         and each row's next position. Rows of one length are read together; with padding, each row is read alone
         (an LSTM layer reads every position it is given) and the states are put side by side, keys and values
         left-padded."""
         if bool(mask.all()):
             ids = input_ids.numpy()
-            logits, state = self._read(ids, self.decoder.start(ids.shape[0]))
+            logits, state = self._read(ids, self.decoder.start(ids.shape[0]), buffers)
             positions = np.full(ids.shape[0], ids.shape[1], dtype=np.int64)
             return logits, state, np.ones(ids.shape, np.int64), positions
         rows = [input_ids[row][mask[row].bool()].numpy()[None] for row in range(input_ids.shape[0])]
@@ -337,21 +352,22 @@ class FastGenerator:
         logits = np.concatenate([result[0] for result in results], axis=0)
         state = []
         for index, entry in enumerate(self.decoder.description["state"]):
-            parts = [self.decoder.to_numpy(result[1][index]) for result in results]
+            parts = [result[1][index] for result in results]
             if entry["kind"] in ("key", "value"):
                 parts = [np.pad(part, ((0, 0), (0, 0), (longest - part.shape[2], 0), (0, 0))) for part in parts]
-            state.append(self.decoder.from_numpy(np.concatenate(parts, axis=0)))
+            state.append(np.concatenate(parts, axis=0))
         decoder_mask = (np.arange(longest)[None, :] >= (longest - lengths)[:, None]).astype(np.int64)
         return logits, state, decoder_mask, lengths
 
-    def _read(self, ids: np.ndarray, state):
+    def _read(self, ids: np.ndarray, state, buffers=None):
         """One prompt batch (no padding) in chunks of PROMPT_CHUNK tokens."""
         batch, length = ids.shape
         logits = None
         for start in range(0, length, PROMPT_CHUNK):
             chunk = ids[:, start : start + PROMPT_CHUNK]
             positions = np.broadcast_to(np.arange(start, start + chunk.shape[1], dtype=np.int64), chunk.shape)
-            logits, state = self.decoder.step(chunk, positions, np.ones((batch, start + chunk.shape[1]), np.int64), state)
+            logits, state = self.decoder.step(chunk, positions, np.ones((batch, start + chunk.shape[1]), np.int64), state,
+                                              buffers)
         return logits, state
 
 
