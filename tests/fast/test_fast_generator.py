@@ -121,22 +121,6 @@ def test_long_prompt_is_read_in_chunks(pair, monkeypatch):
 
 
 @pytest.mark.slow
-def test_preallocated_state_buffers_give_the_same_tokens(pair, monkeypatch):
-    """Long contexts and batches write the state into preallocated slots instead of fresh arrays (the threshold
-    is lowered here so that tiny models take that path too)."""
-    import yuyan.fast.generator as generator
-    from yuyan.fast.onnx import OnnxDecoder
-
-    model, fast = pair
-    monkeypatch.setattr(OnnxDecoder, "BUFFER_THRESHOLD", 0)
-    monkeypatch.setattr(generator, "PROMPT_CHUNK", 4)
-    assert fast.decoder.wants_buffers(1, 1)
-    for ids, mask in ((random_ids(2, 9, seed=5), None), padded_batch()):
-        expected = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False)
-        assert torch.equal(fast.generate(ids, attention_mask=mask, max_new_tokens=12), expected)
-
-
-@pytest.mark.slow
 def test_eos_ends_rows_and_min_new_tokens_holds_it_back(cache_dir):
     model = layout_model("lstm_first")
     ids, mask = padded_batch()

@@ -257,10 +257,8 @@ class FastGenerator:
 
         if streamer is not None:
             streamer.put(input_ids.cpu())
+        logits, state, decoder_mask, positions = self._read_prompts(input_ids, mask)
         batch, prompt_length = input_ids.shape
-        capacity = prompt_length + max_new_tokens
-        buffers = self.decoder.buffers(batch, capacity) if self.decoder.wants_buffers(batch, capacity) else None
-        logits, state, decoder_mask, positions = self._read_prompts(input_ids, mask, buffers)
         # Filled in place, step by step: at one token per step, rebuilding growing arrays would cost more than the
         # decoder's own work on small models.
         sequences = torch.empty(batch, prompt_length + max_new_tokens, dtype=torch.long)
@@ -270,14 +268,22 @@ class FastGenerator:
         unfinished = torch.ones(batch, dtype=torch.long)
         eos_tensor = torch.tensor(eos, dtype=torch.long)
         length = prompt_length
+        threads = torch.get_num_threads()
         for step in range(max_new_tokens):
-            scores = torch.from_numpy(logits)
-            if processors:
-                scores = processors(sequences[:, :length], scores)
-            if do_sample:
-                next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-            else:
-                next_tokens = torch.argmax(scores, dim=-1)
+            # The token choice runs on one PyTorch thread: ONNX Runtime's workers are still spinning from the step
+            # just run, and a multi-threaded PyTorch operator would wait for cores they hold (measured: a batch of 8
+            # decoded three times slower so). The choice is tiny next to the step either way.
+            torch.set_num_threads(1)
+            try:
+                scores = torch.from_numpy(logits)
+                if processors:
+                    scores = processors(sequences[:, :length], scores)
+                if do_sample:
+                    next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+                else:
+                    next_tokens = torch.argmax(scores, dim=-1)
+            finally:
+                torch.set_num_threads(threads)
             if eos:
                 next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
             sequences[:, length] = next_tokens
@@ -292,7 +298,7 @@ class FastGenerator:
                 break
             read += 1
             logits, state = self.decoder.step(
-                sequences[:, length - 1 : length].numpy(), positions[:, None], decoder_mask[:, :read], state, buffers
+                sequences[:, length - 1 : length].numpy(), positions[:, None], decoder_mask[:, :read], state
             )
             positions = positions + 1
         sequences = sequences[:, :length]
@@ -335,14 +341,14 @@ class FastGenerator:
                 processors.append(TopPLogitsWarper(top_p=top_p))
         return processors
 
-    def _read_prompts(self, input_ids: torch.Tensor, mask: torch.Tensor, buffers=None):
+    def _read_prompts(self, input_ids: torch.Tensor, mask: torch.Tensor):
         """Run the prompts through the decoder: the last position's logits, the state, the decoder's attention mask
         and each row's next position. Rows of one length are read together; with padding, each row is read alone
         (an LSTM layer reads every position it is given) and the states are put side by side, keys and values
         left-padded."""
         if bool(mask.all()):
             ids = input_ids.numpy()
-            logits, state = self._read(ids, self.decoder.start(ids.shape[0]), buffers)
+            logits, state = self._read(ids, self.decoder.start(ids.shape[0]))
             positions = np.full(ids.shape[0], ids.shape[1], dtype=np.int64)
             return logits, state, np.ones(ids.shape, np.int64), positions
         rows = [input_ids[row][mask[row].bool()].numpy()[None] for row in range(input_ids.shape[0])]
@@ -359,15 +365,14 @@ class FastGenerator:
         decoder_mask = (np.arange(longest)[None, :] >= (longest - lengths)[:, None]).astype(np.int64)
         return logits, state, decoder_mask, lengths
 
-    def _read(self, ids: np.ndarray, state, buffers=None):
+    def _read(self, ids: np.ndarray, state):
         """One prompt batch (no padding) in chunks of PROMPT_CHUNK tokens."""
         batch, length = ids.shape
         logits = None
         for start in range(0, length, PROMPT_CHUNK):
             chunk = ids[:, start : start + PROMPT_CHUNK]
             positions = np.broadcast_to(np.arange(start, start + chunk.shape[1], dtype=np.int64), chunk.shape)
-            logits, state = self.decoder.step(chunk, positions, np.ones((batch, start + chunk.shape[1]), np.int64), state,
-                                              buffers)
+            logits, state = self.decoder.step(chunk, positions, np.ones((batch, start + chunk.shape[1]), np.int64), state)
         return logits, state
 
 
