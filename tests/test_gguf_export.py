@@ -204,6 +204,18 @@ def test_storage_types(tmp_path, tokenizer):
     assert sizes[0] > sizes[1] > sizes[2]
 
 
+def test_embedding_rows_beyond_the_tokenizer_are_unused_tokens(tmp_path, tokenizer):
+    # A vocabulary padded to a round size: llama.cpp needs one token per embedding row.
+    save_model(tmp_path / "model", tokenizer, vocab_size=len(tokenizer) + 3)
+    export_to_gguf(tmp_path / "model", tmp_path / "model.gguf")
+    fields, _ = read(tmp_path / "model.gguf")
+    tokens, types = value(fields, "tokenizer.ggml.tokens"), value(fields, "tokenizer.ggml.token_type")
+    count = len(tokenizer)
+    assert len(tokens) == len(types) == value(fields, "llama.vocab_size") == count + 3
+    assert tokens[count:] == [f"[PAD{i}]" for i in range(count, count + 3)]
+    assert types[count:] == [gguf.TokenType.UNUSED] * 3
+
+
 def test_the_chat_template_renders_the_same_without_transformers_extensions(tokenizer):
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -380,7 +392,7 @@ def llama(llama_cpp, path, repack: bool = True, **kwargs):
 @pytest.mark.parametrize("pre_tokenizer", ["qwen2", "qwen35"])
 def test_llama_cpp_tokenizes_exactly_like_the_transformers_tokenizer(tmp_path, llama_cpp, pre_tokenizer):
     tokenizer = train_tokenizer(CORPUS * 3, vocab_size=400, show_progress=False, pre_tokenizer=pre_tokenizer)
-    save_model(tmp_path / "model", tokenizer)
+    save_model(tmp_path / "model", tokenizer, vocab_size=len(tokenizer) + 8)  # with unused rows, as padded models
     export_to_gguf(tmp_path / "model", tmp_path / "model.gguf")
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "model")
     # The whole model is loaded, not only its vocabulary (vocab_only): then llama.cpp reads every part of the file,

@@ -141,8 +141,8 @@ def llama_cpp_pre_tokenizer(model_dir: str | os.PathLike) -> str:
         reproducible = sorted(c.name for c in PRE_TOKENIZERS.values() if c.llama_cpp)
         raise ValueError(
             f"the tokenizer in {model_dir} uses the {name!r} pre-tokenizer ({choice.summary}): llama.cpp picks its "
-            "pre-tokenizer from a fixed list and none of them cuts text this way (e.g. ' 2024' and 'Python的库'), so "
-            f"it would give other token ids. The ones it reproduces: {reproducible}; {_MAKE_A_TOKENIZER}"
+            "pre-tokenizer from a fixed list and none of them cuts text this way (none keeps a number's space on its "
+            f"first digit: ' 2' '0' '2' '4'), so it would give other token ids. The ones it reproduces: {reproducible}; {_MAKE_A_TOKENIZER}"
         )
     return choice.llama_cpp
 
