@@ -2,6 +2,7 @@
 
     python bench/tokenizer.py            # vocabularies of 8192, 16384 and 32768, with variants (about 3 minutes on 2 cores)
     python bench/tokenizer.py --quick    # 8192 only, no variants
+    python bench/tokenizer.py --pre-tokenizers --vocab-sizes 8192 32768   # the pre-tokenizer choices (about 1 minute)
 
 Data (../shared/data, read-only):
 - training: WikiText-2 train (English, one text per line) + the Chinese side of tatoeba-cmn-eng and the contexts of
@@ -11,7 +12,9 @@ Data (../shared/data, read-only):
   validation sample (English prose with few digits, out of domain). The held-out Tatoeba sentences are measured
   twice: as lines of the file (each ends in a newline) and bare (as they would end a chat message).
 
-Both tokenizers see the same texts in the same order. The baseline is `ByteLevelBPETokenizer()` trained with
+Yuyan's rows use its own pre-tokenizer (`--pre-tokenizer yuyan`, the default before the choice existed; the
+variants change one piece of it), so they compare with earlier runs. Both tokenizers see the same texts in the same
+order. The baseline is `ByteLevelBPETokenizer()` trained with
 `train_from_iterator(texts, vocab_size=V)` and all other defaults (GPT-2's pre-tokenisation regex, min_frequency 2,
 no special tokens, no normalisation). Measured:
 - training time (wall clock, texts already in memory);
@@ -19,6 +22,17 @@ no special tokens, no normalisation). Measured:
   texts, median of N runs taken in turns (baseline, Yuyan, baseline, ...), in MB of UTF-8 input per second;
 - bytes per token on held-out text: UTF-8 bytes / tokens, higher is better (each text is encoded on its own, as
   it appears in its file: a line, a sentence with its newline, or a paragraph).
+
+`--pre-tokenizers` compares instead the pre-tokenizers `yuyan tokenizer train --pre-tokenizer` offers (Yuyan's own
+expression and the ones llama.cpp reproduces), each training a Yuyan tokenizer on the texts above plus Python code:
+- (a) for each llama.cpp pre-tokenizer written out here (its Hugging Face expressions), the share of held-out lines
+  it cuts into exactly the pieces Yuyan's expression cuts;
+- (b) bytes per token on held-out English, Chinese, code and emoji text, and the change in the number of tokens
+  against Yuyan's expression; with them deepseek-v3's expressions, which llama.cpp reproduces too but Yuyan does
+  not offer (they group digits in threes, where every Yuyan choice keeps digits single).
+Code is the top-level modules of the running Python's standard library (every 5th file held out); emoji text is
+made here (no corpus of it is available offline): held-out TinyStories lines and Tatoeba sentences with one to three
+emoji sequences (ZWJ families, skin tones, flags, keycaps, variation selectors) put between words or at the end.
 """
 
 from __future__ import annotations
@@ -28,8 +42,10 @@ import contextlib
 import json
 import os
 import platform
+import random
 import statistics
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -81,6 +97,67 @@ def load_corpora(data_dir: Path) -> dict[str, list[str]]:
     }
 
 
+# llama.cpp pre-tokenizers (tokenizer.ggml.pre) written as the expressions of the Hugging Face tokenizers they
+# mirror, each a sequence of Split steps; only for measuring. The ones Yuyan can train are in bpe.PRE_TOKENIZERS.
+_LLAMA_CPP_ONLY = {
+    "gpt-2": (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",),
+    "llama-bpe": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+",),
+    "deepseek-v3": (
+        r"\p{N}{1,3}",
+        "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+        r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+        r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+}
+EMOJI = [
+    "😀", "😂", "🤣", "😊", "😍", "🙏", "👍", "👍🏽", "👏🏻", "🎉", "❤️", "💔", "🔥", "✨", "✅", "❌", "⭐", "🚀",
+    "🦙", "🐼", "🍜", "☕", "⚽", "🇨🇳", "🇺🇸", "🇯🇵", "👨\u200d👩\u200d👧\u200d👦", "👩\u200d💻", "🏳️\u200d🌈",
+    "😶\u200d🌫️", "1️⃣", "#️⃣",
+]
+
+
+def load_code(every: int = 5, max_train_bytes: int = 2_000_000) -> tuple[list[str], list[str]]:
+    """Python source: the standard library's top-level modules, one text per file; every `every`-th file is held
+    out, the rest train (up to `max_train_bytes`)."""
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    train, test, size = [], [], 0
+    for index, path in enumerate(files):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if index % every == 0:
+            test.append(text)
+        elif size < max_train_bytes:
+            train.append(text)
+            size += len(text.encode("utf-8"))
+    return train, test
+
+
+def with_emoji(texts: list[str], seed: int = 0) -> list[str]:
+    """Each text with one to three emoji sequences, between words or at its end (before a final newline)."""
+    rng = random.Random(seed)
+    result = []
+    for text in texts:
+        body, end = (text[:-1], "\n") if text.endswith("\n") else (text, "")
+        for _ in range(rng.randint(1, 3)):
+            emoji = rng.choice(EMOJI)
+            spaces = [i for i, ch in enumerate(body) if ch == " "]
+            if spaces and rng.random() < 0.5:
+                at = rng.choice(spaces)
+                body = body[:at] + " " + emoji + body[at:]
+            else:
+                body = body + rng.choice(["", " "]) + emoji
+        result.append(body + end)
+    return result
+
+
+def split_pieces(patterns: tuple[str, ...]):
+    """A function giving the pieces a sequence of Split steps (isolated, as saved tokenizers use them) cuts."""
+    from tokenizers import Regex, pre_tokenizers
+
+    splitter = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(p), behavior="isolated") for p in patterns])
+    return lambda text: [piece for piece, _ in splitter.pre_tokenize_str(text)]
+
+
 def nbytes(texts: list[str]) -> int:
     return sum(len(text.encode("utf-8")) for text in texts)
 
@@ -103,14 +180,17 @@ def throughput(backends: dict, texts: list[str], repeats: int) -> dict[str, floa
 
 
 @contextlib.contextmanager
-def split_pattern(pattern: str):
-    """Train a Yuyan variant with another pre-tokenisation expression (variants only)."""
-    original = bpe.SPLIT_PATTERN
-    bpe.SPLIT_PATTERN = pattern
+def bench_pre_tokenizer(name: str, patterns: tuple[str, ...]):
+    """Make `patterns` trainable as `train_tokenizer(pre_tokenizer=name)` for the length of the block (a variant
+    measured here that Yuyan does not offer); a name Yuyan offers is used as it is."""
+    if name in bpe.PRE_TOKENIZERS:
+        yield name
+        return
+    bpe.PRE_TOKENIZERS[name] = bpe.PreTokenizer(name, patterns, None, "measured in bench/tokenizer.py")
     try:
-        yield
+        yield name
     finally:
-        bpe.SPLIT_PATTERN = original
+        del bpe.PRE_TOKENIZERS[name]
 
 
 def variant_pattern(**replace: str) -> str:
@@ -121,6 +201,71 @@ def variant_pattern(**replace: str) -> str:
         index = pieces.index(expected[key])
         pieces[index] = new
     return "|".join(pieces)
+
+
+def compare_pre_tokenizers(corpora: dict[str, list[str]], vocab_sizes: list[int], args) -> None:
+    """(a) which llama.cpp pre-tokenizers cut text as Yuyan's expression does; (b) what each trainable choice costs."""
+    code_train, code_test = load_code()
+    held_out = {
+        "en WikiText-2": corpora["en_wikitext"],
+        "en TinyStories": corpora["en_stories"],
+        "zh all": corpora["zh_tatoeba"] + corpora["zh_xquad"],
+        "code (Python)": code_test,
+        "emoji (en + zh)": with_emoji(corpora["en_stories"][:1000] + corpora["zh_tatoeba"][:1000]),
+    }
+    train = corpora["train"] + code_train
+    print(f"training: {len(train):,} texts, {nbytes(train) / 1e6:.2f} MB (code {nbytes(code_train) / 1e6:.2f} MB); "
+          + ", ".join(f"{name} {nbytes(texts) / 1e6:.3f} MB" for name, texts in held_out.items()), file=sys.stderr)
+
+    # Compared line by line: a whole source file is almost never cut identically, a line often is.
+    lines = {key: [line for text in texts for line in text.splitlines(keepends=True)] for key, texts in held_out.items()}
+    yuyan_pieces = split_pieces(bpe.PRE_TOKENIZERS["yuyan"].patterns)
+    candidates = {c.llama_cpp: c.patterns for c in bpe.PRE_TOKENIZERS.values() if c.llama_cpp} | _LLAMA_CPP_ONLY
+    same = {}
+    for name, patterns in candidates.items():
+        pieces = split_pieces(patterns)
+        same[name] = {key: sum(pieces(line) == yuyan_pieces(line) for line in texts) / len(texts)
+                      for key, texts in lines.items()}
+        print(f"split like Yuyan, {name}: {json.dumps(same[name])}", file=sys.stderr, flush=True)
+
+    rows = []
+    choices = {name: c.patterns for name, c in bpe.PRE_TOKENIZERS.items()} | {"deepseek-v3": _LLAMA_CPP_ONLY["deepseek-v3"]}
+    for vocab_size in vocab_sizes:
+        for name, patterns in choices.items():
+            with bench_pre_tokenizer(name, patterns):
+                backend, size, seconds = train_yuyan(train, vocab_size, pre_tokenizer=name)
+            tokens = {key: sum(len(e.ids) for e in backend.encode_batch(texts)) for key, texts in held_out.items()}
+            row = {"pre_tokenizer": name, "vocab_size": vocab_size, "actual_vocab": size, "train_s": seconds,
+                   "tokens": tokens, "bytes": {key: nbytes(texts) for key, texts in held_out.items()}}
+            rows.append(row)
+            print(f"{name} {vocab_size}: {json.dumps(row)}", file=sys.stderr, flush=True)
+
+    env = environment()
+    print(f"tokenizers {env['tokenizers']}, transformers {env['transformers']}, Python {env['python']}, "
+          f"{env['cpus']} CPU cores\n")
+    print("(a) Held-out lines cut into exactly the pieces of Yuyan's expression, per llama.cpp pre-tokenizer:\n")
+    print("| tokenizer.ggml.pre | " + " | ".join(held_out) + " |\n|---|" + "---:|" * len(held_out))
+    for name, shares in same.items():
+        print(f"| {name} | " + " | ".join(f"{100 * shares[key]:.1f}%" for key in held_out) + " |")
+    print("\n(b) Bytes per token on held-out text (higher is better); in brackets, the change in the number of "
+          "tokens against Yuyan's expression at the same vocabulary size (lower is better).\n")
+    print("| pre-tokenizer | llama.cpp | vocab | " + " | ".join(held_out) + " | all |\n|---|---|---:|"
+          + "---:|" * (len(held_out) + 1))
+    for row in rows:
+        base = next(r for r in rows if r["pre_tokenizer"] == "yuyan" and r["vocab_size"] == row["vocab_size"])
+        cells = []
+        for key in [*held_out, "all"]:
+            count = sum(row["tokens"].values()) if key == "all" else row["tokens"][key]
+            size = sum(row["bytes"].values()) if key == "all" else row["bytes"][key]
+            base_count = sum(base["tokens"].values()) if key == "all" else base["tokens"][key]
+            change = "" if row is base else f" ({(count / base_count - 1) * 100:+.1f}%)"
+            cells.append(f"{size / count:.3f}{change}")
+        choice = bpe.PRE_TOKENIZERS.get(row["pre_tokenizer"])
+        compatible = row["pre_tokenizer"] if choice is None else (choice.llama_cpp or "no")
+        print(f"| {row['pre_tokenizer']} | {compatible} | {row['vocab_size']:,} | " + " | ".join(cells) + " |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"same_split": same, "rows": rows, "environment": env}, indent=2) + "\n")
 
 
 def train_yuyan(texts: list[str], vocab_size: int, **kwargs):
@@ -143,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="encode runs per tokenizer (median taken)")
     parser.add_argument("--quick", action="store_true", help="8192 only, no variants")
     parser.add_argument("--no-variants", action="store_true", help="only Yuyan and the baseline")
+    parser.add_argument("--pre-tokenizers", action="store_true",
+                        help="compare the pre-tokenizer choices instead (default vocabulary: 8192)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -151,6 +298,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"no data at {args.data_dir} (pass --data-dir)")
 
     corpora = load_corpora(args.data_dir)
+    if args.pre_tokenizers:
+        explicit = "--vocab-sizes" in (argv if argv is not None else sys.argv)
+        compare_pre_tokenizers(corpora, args.vocab_sizes if explicit else [8192], args)
+        return
     held_out = {name: texts for name, texts in corpora.items() if name != "train"}
     # The same sentences without their newline, as they would end a chat message: sentence-final tokens differ.
     held_out["zh_tatoeba_bare"] = [text.rstrip("\n") for text in held_out["zh_tatoeba"]]
@@ -179,8 +330,11 @@ def main(argv: list[str] | None = None) -> None:
             if options.pop("baseline", False):
                 backend, size, seconds = train_baseline(corpora["train"], vocab_size)
             else:
-                with split_pattern(options.pop("pattern", bpe.SPLIT_PATTERN)):
-                    backend, size, seconds = train_yuyan(corpora["train"], vocab_size, **options)
+                # Yuyan's own expression, which the variants change one piece of.
+                patterns = (options.pop("pattern", bpe.SPLIT_PATTERN),)
+                pre_tokenizer = "yuyan" if patterns == bpe.PRE_TOKENIZERS["yuyan"].patterns else "variant"
+                with bench_pre_tokenizer(pre_tokenizer, patterns) as name:
+                    backend, size, seconds = train_yuyan(corpora["train"], vocab_size, pre_tokenizer=name, **options)
             backends[name] = backend
             row = {"tokenizer": name, "vocab_size": vocab_size, "actual_vocab": size, "train_s": seconds}
             row.update({f"bpt_{key}": bytes_per_token(backend, texts) for key, texts in held_out.items()})

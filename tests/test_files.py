@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from yuyan.files import move_into, publish_folder, staging_dir, write_json_atomic, write_text_atomic
+from yuyan.files import (
+    check_output_file,
+    move_into,
+    publish_folder,
+    replacing_file,
+    staging_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def test_json_is_written_whole_with_its_text_as_it_is(tmp_path):
@@ -61,3 +69,32 @@ def test_a_published_folder_replaces_the_old_one_whole(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~umask, "the usual permissions, not mkdtemp's 0o700"
+
+
+def test_a_replaced_file_appears_whole_and_a_failed_write_leaves_the_old_one(tmp_path):
+    target = tmp_path / "model.gguf"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with replacing_file(target) as temporary:
+            assert temporary.parent == tmp_path and temporary.name.startswith(".model.gguf.")
+            temporary.write_bytes(b"half")
+            raise RuntimeError("killed half-way")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
+    with replacing_file(target) as temporary:
+        temporary.write_bytes(b"new")
+        assert target.read_bytes() == b"old"  # nothing changes until the block ends
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
+    # The file gets the permissions of any file created here, not mkstemp's owner-only mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_an_output_file_is_replaced_only_when_allowed(tmp_path):
+    check_output_file(tmp_path / "new.gguf", False, "pass --overwrite")
+    (tmp_path / "old.gguf").write_bytes(b"x")
+    check_output_file(tmp_path / "old.gguf", True, "pass --overwrite")
+    with pytest.raises(ValueError, match="old.gguf exists; pass --overwrite"):
+        check_output_file(tmp_path / "old.gguf", False, "pass --overwrite")
+    with pytest.raises(ValueError, match="is a folder: give the path of the file to write"):
+        check_output_file(tmp_path, True, "pass --overwrite")

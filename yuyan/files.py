@@ -3,6 +3,8 @@
 never half of one, even if the writer is killed in between.
 
 - `write_text_atomic` / `write_json_atomic`: one file, written beside its place and renamed over it.
+- `replacing_file`: the same for a file written by other code (a GGUF writer): a temporary path beside the
+  destination, renamed over it when the block ends, removed when the block fails.
 - `staging_dir`: a fresh folder beside (or inside) the destination, on the same file system so that the renames
   that publish it are atomic; removed again when the block that fills it fails.
 - `move_into`: publish a staged folder's entries into an existing folder, one rename each, chosen names last
@@ -10,7 +12,7 @@ never half of one, even if the writer is killed in between.
 - `publish_folder`: publish a staged folder as a whole, replacing what was there (the old folder is removed only
   after the new one is in place).
 - `check_output_folder`: refuse, before any work, to write into a file or into a folder that already holds
-  something, unless the caller was told it may.
+  something, unless the caller was told it may; `check_output_file`, the same for a single output file.
 """
 
 from __future__ import annotations
@@ -46,6 +48,37 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Indented JSON; values JSON cannot hold (paths, dtypes) are written as their `str`."""
     return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def replacing_file(path: str | os.PathLike) -> Iterator[Path]:
+    """A new, empty temporary file `.NAME.XXXX.tmp` beside `path` for the block to write; when the block ends it is
+    renamed to `path` (replacing a file there), and when the block raises it is removed and `path` left as it was.
+    The caller decides beforehand whether `path` may be replaced (`check_output_file`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
+    # mkstemp creates the file with mode 0o600; the published file gets the permissions any other would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def check_output_file(output: str | os.PathLike, may_replace: bool, how_to_allow: str) -> None:
+    """ValueError when `output` is a folder, or an existing file and `may_replace` is false; `how_to_allow` ends
+    the message (the flag or argument that permits replacing it)."""
+    output = Path(output)
+    if output.is_dir():
+        raise ValueError(f"the output {output} is a folder: give the path of the file to write")
+    if output.exists() and not may_replace:
+        raise ValueError(f"the output file {output} exists; {how_to_allow}")
 
 
 @contextlib.contextmanager
@@ -91,4 +124,13 @@ def publish_folder(staging: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["check_output_folder", "move_into", "publish_folder", "staging_dir", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "check_output_file",
+    "check_output_folder",
+    "move_into",
+    "publish_folder",
+    "replacing_file",
+    "staging_dir",
+    "write_json_atomic",
+    "write_text_atomic",
+]

@@ -25,9 +25,12 @@ from hypothesis import strategies as st
 from yuyan import corpus as corpus_module
 from yuyan.corpus import expand_paths, iter_dataset_texts, iter_file_texts, iter_texts, limit_texts
 from yuyan.tokenization import (
+    DEFAULT_PRE_TOKENIZER,
     ENDOFTEXT,
     PAD,
+    PRE_TOKENIZERS,
     SPLIT_PATTERN,
+    pre_tokenizer_of,
     save_tokenizer,
     special_token_ids,
     train_tokenizer,
@@ -174,10 +177,12 @@ def test_full_byte_alphabet_even_for_ascii_corpus():
 # Pre-tokenisation
 
 
-def pieces(text: str) -> list[str]:
+def pieces(text: str, pre_tokenizer: str = "yuyan") -> list[str]:
+    """The pieces a pre-tokenizer cuts (before the byte-level step, so they read as text)."""
     from tokenizers import Regex, pre_tokenizers
 
-    return [piece for piece, _ in pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated").pre_tokenize_str(text)]
+    steps = [pre_tokenizers.Split(Regex(p), behavior="isolated") for p in PRE_TOKENIZERS[pre_tokenizer].patterns]
+    return [piece for piece, _ in pre_tokenizers.Sequence(steps).pre_tokenize_str(text)]
 
 
 def test_pre_tokenisation_english_like_gpt2():
@@ -202,18 +207,24 @@ def test_pre_tokenisation_whitespace_and_newlines():
     assert "".join(pieces(NAMED_CASES["controls"])) == NAMED_CASES["controls"]
 
 
-def test_digits_never_merged():
+# Every choice keeps digits single; only Yuyan's own expression keeps a number's space on its first digit.
+@pytest.mark.parametrize("pre_tokenizer, spelled", [
+    ("yuyan", ["2", "0", "2", "4", "Ġ1", "2", "3", "4", "5"]),
+    ("qwen2", ["2", "0", "2", "4", "Ġ", "1", "2", "3", "4", "5"]),
+    ("qwen35", ["2", "0", "2", "4", "Ġ", "1", "2", "3", "4", "5"]),
+])
+def test_digits_never_merged(pre_tokenizer, spelled):
     corpus = ["In 2024 the price was 12345 dollars, up from 2023.\n"] * 200
-    tokenizer = train_tokenizer(corpus, vocab_size=400, show_progress=False)
+    tokenizer = train_tokenizer(corpus, vocab_size=400, show_progress=False, pre_tokenizer=pre_tokenizer)
     tokens = tokenizer.convert_ids_to_tokens(tokenizer.encode("2024 12345"))
-    assert tokens == ["2", "0", "2", "4", "Ġ1", "2", "3", "4", "5"]
+    assert tokens == spelled
     assert not any(sum(ch.isdigit() for ch in token) > 1 for token in tokenizer.get_vocab())
 
 
 def test_han_runs_merge_into_words_but_sentences_stay_split():
     long_sentence = "我们今天一起去公园里面散步然后回家吃饭。"
     corpus = synthetic_chinese(400) + [long_sentence + "\n"] * 300
-    tokenizer = train_tokenizer(corpus, vocab_size=700, show_progress=False)
+    tokenizer = train_tokenizer(corpus, vocab_size=700, show_progress=False, pre_tokenizer="yuyan")
     for word in ("我们", "学习", "朋友"):
         assert len(tokenizer.encode(word)) == 1, word
     ids = tokenizer.encode(long_sentence)
@@ -234,6 +245,76 @@ def test_special_token_strings_are_not_merged_in_training():
     learned = [token for token in tokenizer.get_vocab() if token not in tokenizer.all_special_tokens]
     assert not any("endoftext" in token or "<|" in token or "|>" in token for token in learned)
     assert tokenizer.encode(f"a{ENDOFTEXT}b")[1] == tokenizer.eos_token_id
+
+
+def test_the_default_pre_tokenizer_is_one_llama_cpp_reproduces():
+    choice = PRE_TOKENIZERS[DEFAULT_PRE_TOKENIZER]
+    assert choice.llama_cpp is not None
+    tokenizer = train_tokenizer(MIXED_CORPUS * 5, vocab_size=300, show_progress=False)
+    assert pre_tokenizer_of(tokenizer) == DEFAULT_PRE_TOKENIZER
+    # Qwen2's expression: a word takes one leading space or punctuation mark, Han characters join a Latin word, and
+    # a number's space stays apart from its first digit.
+    assert pieces("Python的库，好 2024", "qwen2") == ["Python的库", "，好", " ", "2", "0", "2", "4"]
+    assert pieces("Python的库，好 2024", "yuyan") == ["Python", "的库", "，", "好", " 2", "0", "2", "4"]
+    # qwen35 keeps combining marks inside their word, as Yuyan's own expression does; qwen2 cuts them out.
+    assert pieces("हिन्दी", "qwen35") == pieces("हिन्दी", "yuyan") == ["हिन्दी"]
+    assert len(pieces("हिन्दी", "qwen2")) > 1
+
+
+# What a tokenizer saved before the pre-tokenizer choice existed holds: Yuyan's own expression and a byte-level step.
+SAVED_BEFORE_THE_CHOICE = {
+    "type": "Sequence",
+    "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": SPLIT_PATTERN}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+    ],
+}
+
+
+def test_yuyan_pre_tokenizer_saves_what_tokenizers_saved_before_the_choice(tmp_path):
+    tokenizer = train_tokenizer(MIXED_CORPUS * 5, vocab_size=300, show_progress=False, pre_tokenizer="yuyan",
+                                output_dir=tmp_path / "tokenizer")
+    saved = json.loads((tmp_path / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))
+    assert saved["pre_tokenizer"] == SAVED_BEFORE_THE_CHOICE
+    assert pre_tokenizer_of(json.dumps(saved)) == "yuyan"
+    # Loading reads the expressions from the file, whatever the default is now.
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    text = "in 2024: Python的库 it's"
+    assert reloaded.encode(text) == tokenizer.encode(text)
+    cut = [piece for piece, _ in reloaded.backend_tokenizer.pre_tokenizer.pre_tokenize_str("in 2024")]
+    assert cut == ["in", "Ġ2", "0", "2", "4"]
+
+
+@pytest.mark.parametrize("name", sorted(PRE_TOKENIZERS))
+def test_each_pre_tokenizer_is_recognised_after_saving_and_round_trips(tmp_path, name):
+    tokenizer = train_tokenizer(MIXED_CORPUS * 5, vocab_size=300, show_progress=False, pre_tokenizer=name,
+                                output_dir=tmp_path / name)
+    assert pre_tokenizer_of(tokenizer) == name
+    assert pre_tokenizer_of((tmp_path / name / "tokenizer.json").read_text(encoding="utf-8")) == name
+    for text in NAMED_CASES.values():
+        assert_lossless(tokenizer, text)
+
+
+def test_a_pre_tokenizer_yuyan_does_not_know_is_not_recognised():
+    other = dict(SAVED_BEFORE_THE_CHOICE, pretokenizers=[
+        {"type": "Split", "pattern": {"Regex": r"\w+|\W+"}, "behavior": "Isolated", "invert": False},
+        SAVED_BEFORE_THE_CHOICE["pretokenizers"][1],
+    ])
+    assert pre_tokenizer_of(json.dumps({"pre_tokenizer": other})) is None
+    gpt2_style = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    assert pre_tokenizer_of(json.dumps({"pre_tokenizer": gpt2_style})) is None
+    assert pre_tokenizer_of(json.dumps({"pre_tokenizer": None})) is None
+
+
+def test_pre_tokenizer_errors():
+    with pytest.raises(ValueError, match=r"pre_tokenizer='gpt-2' is unknown; allowed: \['qwen2', 'qwen35', 'yuyan'\]"):
+        train_tokenizer(["text"], pre_tokenizer="gpt-2")
+    from yuyan.tokenization import train_word_tokenizer
+
+    with pytest.raises(ValueError, match="applies to the byte-level BPE tokenizer only"):
+        train_word_tokenizer(["some words"], pre_tokenizer="qwen2")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -666,6 +747,19 @@ def test_cli_train_writes_loadable_folder(tmp_path, capsys):
     assert tokenizer.padding_side == "left" and tokenizer.model_max_length == 512
     assert tokenizer.convert_ids_to_tokens([5, 6]) == ["<|tool|>", "<|call|>"]
     assert tokenizer.decode(tokenizer.encode(MIXED_CORPUS[3])) == MIXED_CORPUS[3]
+    assert "Pre-tokenizer: qwen2; llama.cpp reproduces it (tokenizer.ggml.pre=qwen2)." in printed
+    assert pre_tokenizer_of(tokenizer) == "qwen2"
+
+
+def test_cli_pre_tokenizer_choice(tmp_path, capsys):
+    from yuyan.cli import main
+
+    (tmp_path / "corpus.txt").write_text("".join(MIXED_CORPUS * 5))
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "train", "--data", str(tmp_path / "corpus.txt"), "--vocab-size", "300",
+                 "--pre-tokenizer", "yuyan", "--output", str(out)]) == 0
+    assert "llama.cpp cannot reproduce it, so models trained with it do not export to GGUF" in capsys.readouterr().out
+    assert pre_tokenizer_of((out / "tokenizer.json").read_text(encoding="utf-8")) == "yuyan"
 
 
 def test_cli_dataset_source(tmp_path, capsys):
@@ -688,6 +782,7 @@ def test_cli_dataset_source(tmp_path, capsys):
         (["--data", "{good}", "--vocab-size", "100"], "too small"),
         (["--data", "{bad_json}", "--vocab-size", "300"], "malformed JSON line"),
         (["--vocab-size", "300"], "exactly one of --data"),
+        (["--data", "{good}", "--model", "word", "--pre-tokenizer", "qwen2"], "applies to --model bpe only"),
     ],
 )
 def test_cli_errors_write_nothing(tmp_path, capsys, args, message):

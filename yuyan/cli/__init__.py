@@ -42,8 +42,8 @@ COMMANDS: dict[str, Command] = {
     "push": Command("hub", "build_push", "upload a model folder to the Hugging Face Hub"),
     "export": Command(
         "export", "build",
-        "convert a model: to a plain transformers Llama folder (--format llama), or a Llama one to Yuyan "
-        "(--from llama)",
+        "convert a model: to a plain transformers Llama folder (--format llama) or a GGUF file for llama.cpp "
+        "(--format gguf), or a Llama one to Yuyan (--from llama)",
     ),
     "demo": Command("demo", "build", "train a tokenizer and a tiny model on Python's own docs (minutes)"),
 }

@@ -10,7 +10,9 @@ from yuyan.tokenization.bpe import (
     DEFAULT_MAX_TOKEN_BYTES,
     DEFAULT_MIN_FREQUENCY,
     DEFAULT_MODEL_MAX_LENGTH,
+    DEFAULT_PRE_TOKENIZER,
     DEFAULT_VOCAB_SIZE,
+    PRE_TOKENIZERS,
 )
 
 
@@ -23,8 +25,8 @@ def build(subparsers, name: str, help: str):
         "train",
         help="train a tokenizer on files or a datasets dataset",
         description=(
-            "Train a byte-level BPE tokenizer (NFC, digits split, CJK runs kept apart, lossless) or, with --model word, "
-            "a word-level one (whitespace words, rare ones as <unk>), and save a folder that "
+            "Train a byte-level BPE tokenizer (NFC, digits split, lossless; --pre-tokenizer picks how text is cut) "
+            "or, with --model word, a word-level one (whitespace words, rare ones as <unk>), and save a folder that "
             "transformers.AutoTokenizer.from_pretrained loads without yuyan."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -56,6 +58,11 @@ def build(subparsers, name: str, help: str):
     model.add_argument("--vocab-size", type=positive_int, default=None, metavar="N", help=f"vocabulary size, special (and byte) tokens included (bpe default {DEFAULT_VOCAB_SIZE}; word default: every word seen --min-frequency times)")
     model.add_argument("--min-frequency", type=positive_int, default=None, metavar="N", help=f"bpe: a pair must occur N times to be merged (default {DEFAULT_MIN_FREQUENCY}); word: a word must occur N times to be kept (default 1)")
     model.add_argument("--special-tokens", nargs="+", default=[], metavar="TOKEN", help="extra special tokens (after <|endoftext|> <|pad|> <|system|> <|user|> <|assistant|>)")
+    model.add_argument(
+        "--pre-tokenizer", choices=sorted(PRE_TOKENIZERS), default=None,
+        help=f"bpe: how text is cut before BPE merges (default {DEFAULT_PRE_TOKENIZER}). "
+        + "; ".join(f"{c.name}: {c.summary}" for c in PRE_TOKENIZERS.values()),
+    )
     model.add_argument("--max-token-bytes", type=positive_int, default=DEFAULT_MAX_TOKEN_BYTES, metavar="N", help="bpe: longest token in UTF-8 bytes")
     model.add_argument("--model-max-length", type=positive_int, default=DEFAULT_MODEL_MAX_LENGTH, metavar="N", help="model_max_length saved with the tokenizer")
     model.add_argument("--padding-side", choices=("right", "left"), default="right", help="left for batched generation")
@@ -96,6 +103,8 @@ def run_train(args) -> None:
         return_stats=True,
     )
     if args.model == "word":
+        if args.pre_tokenizer is not None:
+            raise ValueError("--pre-tokenizer applies to --model bpe only: the word-level tokenizer splits on whitespace")
         common["min_frequency"] = args.min_frequency or 1
         train = train_word_tokenizer  # the same corpus arguments, another model
     else:
@@ -104,6 +113,7 @@ def run_train(args) -> None:
             vocab_size=args.vocab_size or DEFAULT_VOCAB_SIZE,
             min_frequency=args.min_frequency or DEFAULT_MIN_FREQUENCY,
             max_token_bytes=args.max_token_bytes,
+            pre_tokenizer=args.pre_tokenizer or DEFAULT_PRE_TOKENIZER,
         )
     if args.data is not None:
         tokenizer, stats = train(files=args.data, txt_split=args.txt_split, separator=args.txt_separator, **common)
@@ -128,5 +138,10 @@ def run_train(args) -> None:
         f"Special tokens: bos/eos {tokenizer.eos_token} = {tokenizer.eos_token_id}, pad {tokenizer.pad_token} = "
         f"{tokenizer.pad_token_id}; others: {', '.join(tokenizer.extra_special_tokens) or 'none'}."
     )
+    if args.model == "bpe":
+        choice = PRE_TOKENIZERS[common["pre_tokenizer"]]
+        where = (f"llama.cpp reproduces it (tokenizer.ggml.pre={choice.llama_cpp})" if choice.llama_cpp
+                 else "llama.cpp cannot reproduce it, so models trained with it do not export to GGUF")
+        print(f"Pre-tokenizer: {choice.name}; {where}.")
     print(f"Saved to {args.output} (load it with transformers.AutoTokenizer.from_pretrained).")
 

@@ -6,8 +6,9 @@ loads with `AutoTokenizer.from_pretrained(path)` on a machine where `yuyan` is n
 Pipeline:
 
 - normaliser: Unicode NFC;
-- pre-tokeniser: one regular expression (`SPLIT_PATTERN`, explained below) cuts the text into pieces, then
-  `ByteLevel(use_regex=False)` maps each piece's UTF-8 bytes onto 256 printable characters;
+- pre-tokeniser: regular expressions cut the text into pieces (one of `PRE_TOKENIZERS`: by default Qwen2's, which
+  llama.cpp reproduces; or Yuyan's own `SPLIT_PATTERN`, explained below), then `ByteLevel(use_regex=False)` maps
+  each piece's UTF-8 bytes onto 256 printable characters;
 - model: BPE over those bytes, whose alphabet always holds all 256 bytes, so every string is encodable;
 - decoder: `ByteLevel`, the exact inverse of the byte mapping.
 
@@ -52,7 +53,8 @@ DEFAULT_MODEL_MAX_LENGTH = 2048
 DEFAULT_MAX_TOKEN_BYTES = 24
 
 # ---------------------------------------------------------------------------------------------------------------
-# Pre-tokenisation. BPE never merges across the pieces this expression cuts, so it decides which tokens can exist.
+# Yuyan's own pre-tokenisation (the "yuyan" pre-tokenizer, the default before the choice below existed). BPE never
+# merges across the pieces this expression cuts, so it decides which tokens can exist.
 # Alternatives are tried in order at each position (leftmost first match, Oniguruma syntax as used by `tokenizers`).
 #
 # CJK is Han (which includes 々 and 〇) plus hiragana and katakana, and the prolonged sound mark ー, which Unicode
@@ -86,6 +88,59 @@ _PIECES = (
     r"\s+",
 )
 SPLIT_PATTERN = "|".join(_PIECES)
+
+
+@dataclass(frozen=True)
+class PreTokenizer:
+    """One way to cut text into the pieces BPE merges within: regular expressions applied one after the other (each
+    cuts the pieces the one before left, keeping both what it matched and what lies between), and the value of
+    llama.cpp's `tokenizer.ggml.pre` whose built-in rules cut text the same way (None where llama.cpp has none)."""
+
+    name: str
+    patterns: tuple[str, ...]
+    llama_cpp: str | None
+    summary: str
+
+
+# llama.cpp cannot read a regular expression from a GGUF file: it knows a fixed list of pre-tokenizers, named by
+# `tokenizer.ggml.pre`, each implemented in its own code. A tokenizer runs there with the same ids only if its
+# expressions are exactly one of those. The expressions below are the ones the corresponding Hugging Face tokenizers
+# save (Qwen2's and Qwen3.5's tokenizer.json), which llama.cpp's "qwen2" and "qwen35" reproduce.
+#
+# Neither can express Yuyan's own expression: no llama.cpp pre-tokenizer gives a single digit its leading space
+# (" 2" "0" "2" "4"), and those that keep digits single glue Han characters to a Latin word beside them
+# ("Python的库" is one piece). The costs of each choice: BENCHMARKS.md, "Pre-tokenizers and llama.cpp".
+_CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+PRE_TOKENIZERS: dict[str, PreTokenizer] = {
+    choice.name: choice
+    for choice in (
+        PreTokenizer(
+            "yuyan", (SPLIT_PATTERN,), None,
+            "Yuyan's own: single digits with their space, CJK runs apart from Latin words and punctuation, combining "
+            "marks inside words; llama.cpp cannot reproduce it",
+        ),
+        PreTokenizer(
+            "qwen2",
+            (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",),
+            "qwen2",
+            "Qwen2's: single digits, a word (CJK runs included) with one leading space or punctuation mark; "
+            "llama.cpp tokenizer.ggml.pre=qwen2",
+        ),
+        PreTokenizer(
+            "qwen35",
+            (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+"
+             r"|\s+(?!\S)|\s+",),
+            "qwen35",
+            "Qwen3.5's: qwen2 with combining marks kept inside words (Devanagari, Thai, decomposed accents); "
+            "llama.cpp tokenizer.ggml.pre=qwen35",
+        ),
+    )
+}
+# The default is one llama.cpp reproduces, so that a model trained with default settings runs there. Against
+# Yuyan's own expression it costs 0.5% more tokens on the benchmark's mix of held-out text (2.5% on WikiText-2,
+# whose numbers lose the space Yuyan's expression kept on their first digit; 1.3% fewer on Python code): see
+# BENCHMARKS.md. Tokenizers saved with another choice keep it: their expressions are in their tokenizer.json.
+DEFAULT_PRE_TOKENIZER = "qwen2"
 
 # Roles map to special tokens; every message ends with eos so that a generated answer ends with it too. The assistant
 # part is wrapped in {% generation %} so `return_assistant_tokens_mask=True` can mask everything else in training.
@@ -138,20 +193,60 @@ def special_tokens_list(extra: Iterable[str] = ()) -> list[str]:
     return tokens
 
 
-def build_backend_tokenizer():
-    """An untrained `tokenizers.Tokenizer` with Yuyan's normaliser, pre-tokeniser and decoder (BPE model, empty)."""
+def pre_tokenizer_choice(name: Any) -> PreTokenizer:
+    """The `PreTokenizer` called `name`, or a ValueError listing the choices."""
+    if not isinstance(name, str) or name not in PRE_TOKENIZERS:
+        raise ValueError(f"pre_tokenizer={name!r} is unknown; allowed: {sorted(PRE_TOKENIZERS)}")
+    return PRE_TOKENIZERS[name]
+
+
+def build_backend_tokenizer(pre_tokenizer: str = DEFAULT_PRE_TOKENIZER):
+    """An untrained `tokenizers.Tokenizer` with Yuyan's normaliser and decoder, the pre-tokeniser named
+    `pre_tokenizer` (one of `PRE_TOKENIZERS`) and an empty BPE model."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+    choice = pre_tokenizer_choice(pre_tokenizer)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            *(pre_tokenizers.Split(Regex(pattern), behavior="isolated") for pattern in choice.patterns),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
+
+
+def pre_tokenizer_of(tokenizer) -> str | None:
+    """The name in `PRE_TOKENIZERS` of the pre-tokeniser that `tokenizer` (a transformers fast tokenizer, a
+    `tokenizers.Tokenizer` or the text of a tokenizer.json) applies, or None when it is none of them.
+
+    Read from the saved pipeline itself (the Split expressions and the byte-level step), never from a name stored
+    beside it, so a tokenizer saved before the choice existed is recognised by what it does."""
+    if isinstance(tokenizer, str):
+        data = json.loads(tokenizer)
+    else:
+        backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        data = json.loads(backend.to_str())
+    steps = data.get("pre_tokenizer") or {}
+    steps = steps.get("pretokenizers", [steps]) if steps.get("type") == "Sequence" else [steps]
+    # The byte-level step must only map bytes (trim_offsets changes offsets, not ids).
+    last = steps[-1] if steps else {}
+    if last.get("type") != "ByteLevel" or last.get("add_prefix_space") or last.get("use_regex"):
+        return None
+    patterns = []
+    for step in steps[:-1]:
+        if step.get("type") != "Split" or step.get("behavior") != "Isolated" or step.get("invert"):
+            return None
+        regex = (step.get("pattern") or {}).get("Regex")
+        if regex is None:
+            return None
+        patterns.append(regex)
+    for choice in PRE_TOKENIZERS.values():
+        if tuple(patterns) == choice.patterns:
+            return choice.name
+    return None
 
 
 # add_leading_space takes its space back from a text that already starts with whitespace: `\A` is the start of the
@@ -273,11 +368,14 @@ class TokenizerModel:
     leading_special: tuple[str, ...]
     """Special tokens that come right after the built-in ones, before the caller's (word-level: `<unk>`)."""
     check_vocab_size: Callable[[Any, Sequence[str]], None]
-    build_backend: Callable[[], Any]
+    build_backend: Callable[..., Any]
+    """() -> an untrained `tokenizers.Tokenizer`; (pre-tokenizer name) -> one where `default_pre_tokenizer` is set."""
     build_trainer: Callable[..., Any]
     """(vocab_size, min_frequency, special_tokens as AddedTokens, show_progress, max_token_bytes) -> trainer."""
     after_fit: Callable[[Any], None] | None = None
     unk_token: str | None = None
+    default_pre_tokenizer: str | None = None
+    """The `PRE_TOKENIZERS` entry used when the caller names none; None where the model's pre-tokeniser is fixed."""
 
 
 def _bpe_trainer(vocab_size, min_frequency, special_tokens, show_progress, max_token_bytes):
@@ -294,7 +392,7 @@ def _bpe_trainer(vocab_size, min_frequency, special_tokens, show_progress, max_t
 
 
 BPE = TokenizerModel(leading_special=(), check_vocab_size=_check_vocab_size, build_backend=build_backend_tokenizer,
-                     build_trainer=_bpe_trainer)
+                     build_trainer=_bpe_trainer, default_pre_tokenizer=DEFAULT_PRE_TOKENIZER)
 
 
 def train_tokenizer(
@@ -313,6 +411,7 @@ def train_tokenizer(
     model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
     padding_side: str = "right",
     chat_template: str | None = DEFAULT_CHAT_TEMPLATE,
+    pre_tokenizer: str | None = None,
     output_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     show_progress: bool | None = None,
@@ -338,6 +437,9 @@ def train_tokenizer(
         model_max_length: the longest sequence the model takes (saved; used by truncation).
         padding_side: "right" (training) or "left" (batched generation).
         chat_template: Jinja chat template; the default is `DEFAULT_CHAT_TEMPLATE`; None for none.
+        pre_tokenizer: how text is cut into the pieces BPE merges within, a name in `PRE_TOKENIZERS`
+            (default `DEFAULT_PRE_TOKENIZER`). "qwen2" and "qwen35" are the ones llama.cpp reproduces, which
+            `yuyan export --format gguf` needs; the choice is saved in tokenizer.json as its expressions.
         output_dir: if given, the tokenizer is saved there (see `save_tokenizer`); nothing is written on failure.
         overwrite: allow `output_dir` to be a non-empty directory (its tokenizer files are replaced).
         show_progress: show the trainer's progress bars; by default only when stderr is a terminal.
@@ -362,11 +464,18 @@ def train_tokenizer(
     if max_token_bytes is not None and (not isinstance(max_token_bytes, int) or max_token_bytes < 4):
         raise ValueError(f"max_token_bytes must be an integer of at least 4 (one UTF-8 character), or None; not {max_token_bytes!r}")
     _check_wrapper_args(model_max_length, padding_side)
+    if model.default_pre_tokenizer is None:
+        if pre_tokenizer is not None:
+            raise ValueError(f"pre_tokenizer={pre_tokenizer!r} applies to the byte-level BPE tokenizer only: this "
+                             "tokenizer model cuts text its own way")
+        backend_args = ()
+    else:
+        backend_args = (pre_tokenizer_choice(pre_tokenizer or model.default_pre_tokenizer).name,)
     if output_dir is not None:
         check_output_folder(output_dir, overwrite, _ALLOW_OVERWRITE)
     corpus, stats = _open_corpus(texts, files, text_column, txt_split, separator, max_texts, max_bytes)
 
-    backend = model.build_backend()
+    backend = model.build_backend(*backend_args)
     trainer = model.build_trainer(
         vocab_size, min_frequency, [AddedToken(token, special=True, normalized=False) for token in all_special],
         sys.stderr.isatty() if show_progress is None else bool(show_progress), max_token_bytes,
@@ -475,14 +584,19 @@ __all__ = [
     "BUILTIN_SPECIAL_TOKENS",
     "CorpusStats",
     "DEFAULT_CHAT_TEMPLATE",
+    "DEFAULT_PRE_TOKENIZER",
     "ENDOFTEXT",
     "PAD",
+    "PRE_TOKENIZERS",
+    "PreTokenizer",
     "ROLE_TOKENS",
     "SPLIT_PATTERN",
     "SYSTEM",
     "USER",
     "add_leading_space",
     "build_backend_tokenizer",
+    "pre_tokenizer_choice",
+    "pre_tokenizer_of",
     "save_tokenizer",
     "special_token_ids",
     "special_tokens_list",
