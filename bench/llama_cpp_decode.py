@@ -13,6 +13,7 @@ documentation, so the script needs no data. The folder is exported with `yuyan.g
 Measured, in turns (llama.cpp, then Yuyan, `--repeats` times) so that both see the same machine load:
 - llama.cpp: `Llama.generate` with greedy sampling from a 32-token prompt; the time of the 160 one-token steps
   after the prompt (the prompt's own evaluation is left out), on `--threads` threads;
+- Yuyan's `FastGenerator` (ONNX Runtime, f32), timed the same way: the one-token steps after the prompt;
 - reference: Yuyan's `model.generate` (greedy, f32, the same prompt) on the same number of torch threads, timed
   whole (its prompt pass included, as in bench/throughput.py).
 """
@@ -68,6 +69,27 @@ def llama_cpp_decode_rate(llm, prompt: list[int], new_tokens: int) -> float:
     return new_tokens / elapsed
 
 
+class _Clock:
+    """A streamer noting when each token arrives (the first `put` is the prompt)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def fast_generator_rate(generator, prompt: list[int], new_tokens: int) -> float:
+    """Tokens/s of the one-token steps after the prompt's evaluation and first token, as for llama.cpp."""
+    clock = _Clock()
+    generator.generate(torch.tensor([prompt]), max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1,
+                       eos_token_id=[], pad_token_id=0, streamer=clock)
+    return new_tokens / (clock.times[-1] - clock.times[1])
+
+
 @torch.no_grad()
 def yuyan_generate_rate(model, prompt: list[int], new_tokens: int) -> float:
     ids = torch.tensor([prompt])
@@ -105,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         folder, path = Path(work) / "model", Path(work) / "model.gguf"
         model = build_model_folder(folder)
         summary = export_to_gguf(folder, path, dtype=args.dtype)
+        from yuyan import FastGenerator
+
+        fast = FastGenerator(model, cache_dir=Path(work) / "fast")
         prompt = torch.randint(3, DIMS["vocab_size"], (PROMPT_TOKENS,),
                                generator=torch.Generator().manual_seed(1)).tolist()
         llm = llama_cpp.Llama(str(path), n_ctx=PROMPT_TOKENS + args.new_tokens + 8, n_batch=PROMPT_TOKENS,
@@ -113,9 +138,11 @@ def main(argv: list[str] | None = None) -> None:
             # One untimed run of each: the first calls allocate buffers and warm caches.
             llama_cpp_decode_rate(llm, prompt, 8)
             yuyan_generate_rate(model, prompt, 8)
-            runs = {"llama.cpp": [], "yuyan generate": []}
+            fast_generator_rate(fast, prompt, 8)
+            runs = {"llama.cpp": [], "yuyan FastGenerator": [], "yuyan generate": []}
             for _ in range(args.repeats):
                 runs["llama.cpp"].append(llama_cpp_decode_rate(llm, prompt, args.new_tokens))
+                runs["yuyan FastGenerator"].append(fast_generator_rate(fast, prompt, args.new_tokens))
                 runs["yuyan generate"].append(yuyan_generate_rate(model, prompt, args.new_tokens))
         finally:
             llm.close()
@@ -131,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| runtime | weights | decode tok/s | runs |\n|---|---|---:|---|")
     print(f"| llama.cpp (GGUF) | {args.dtype}, {summary['bytes'] / 1e6:.1f} MB | {rates['llama.cpp']:.0f} | "
           + ", ".join(f"{v:.0f}" for v in runs["llama.cpp"]) + " |")
+    print(f"| Yuyan `FastGenerator` (ONNX Runtime) | f32 | {rates['yuyan FastGenerator']:.0f} | "
+          + ", ".join(f"{v:.0f}" for v in runs["yuyan FastGenerator"]) + " |")
     print(f"| Yuyan `generate` (reference) | f32 | {rates['yuyan generate']:.0f} | "
           + ", ".join(f"{v:.0f}" for v in runs["yuyan generate"]) + " |")
     if args.json:

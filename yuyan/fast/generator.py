@@ -259,52 +259,57 @@ class FastGenerator:
             streamer.put(input_ids.cpu())
         logits, state, decoder_mask, positions = self._read_prompts(input_ids, mask)
         batch, prompt_length = input_ids.shape
-        # Filled in place, step by step: at one token per step, rebuilding growing arrays would cost more than the
-        # decoder's own work on small models.
-        sequences = torch.empty(batch, prompt_length + max_new_tokens, dtype=torch.long)
-        sequences[:, :prompt_length] = input_ids
+        # NumPy arrays filled in place: at one token per step, PyTorch's per-operator cost and rebuilding growing
+        # arrays would be a noticeable share of a small model's step.
+        tokens = np.empty((batch, prompt_length + max_new_tokens), np.int64)
+        tokens[:, :prompt_length] = input_ids.numpy()
         read = decoder_mask.shape[1]
         decoder_mask = np.concatenate([decoder_mask, np.ones((batch, max_new_tokens), np.int64)], axis=1)
-        unfinished = torch.ones(batch, dtype=torch.long)
-        eos_tensor = torch.tensor(eos, dtype=torch.long)
+        unfinished = np.ones(batch, dtype=bool)
         length = prompt_length
-        threads = torch.get_num_threads()
         for step in range(max_new_tokens):
-            # The token choice runs on one PyTorch thread: ONNX Runtime's workers are still spinning from the step
-            # just run, and a multi-threaded PyTorch operator would wait for cores they hold (measured: a batch of 8
-            # decoded three times slower so). The choice is tiny next to the step either way.
-            torch.set_num_threads(1)
-            try:
-                scores = torch.from_numpy(logits)
-                if processors:
-                    scores = processors(sequences[:, :length], scores)
-                if do_sample:
-                    next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-                else:
-                    next_tokens = torch.argmax(scores, dim=-1)
-            finally:
-                torch.set_num_threads(threads)
+            if do_sample or processors:
+                chosen = self._choose(tokens[:, :length], logits, processors, do_sample)
+            else:
+                chosen = logits.argmax(axis=-1)  # the first of equal maxima, as torch.argmax
             if eos:
-                next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
-            sequences[:, length] = next_tokens
+                chosen = np.where(unfinished, chosen, pad)
+            tokens[:, length] = chosen
             length += 1
             if streamer is not None:
-                streamer.put(next_tokens.cpu())
+                streamer.put(torch.from_numpy(tokens[:, length - 1].copy()))
             if eos:
-                unfinished = unfinished & ~torch.isin(next_tokens, eos_tensor)
-                if not bool(unfinished.any()):
+                unfinished &= ~np.isin(chosen, eos)
+                if not unfinished.any():
                     break
             if step + 1 == max_new_tokens:
                 break
             read += 1
-            logits, state = self.decoder.step(
-                sequences[:, length - 1 : length].numpy(), positions[:, None], decoder_mask[:, :read], state
-            )
+            logits, state = self.decoder.step(tokens[:, length - 1 : length], positions[:, None], decoder_mask[:, :read],
+                                              state)
             positions = positions + 1
-        sequences = sequences[:, :length]
         if streamer is not None:
             streamer.end()
-        return sequences
+        return torch.from_numpy(tokens[:, :length].copy())
+
+    @staticmethod
+    def _choose(tokens: np.ndarray, logits: np.ndarray, processors, do_sample: bool) -> np.ndarray:
+        """The next tokens through transformers' logits processors and `torch.multinomial`, as `generate` picks
+        them (so a seeded run draws the same random numbers)."""
+        threads = torch.get_num_threads()
+        # On one PyTorch thread: ONNX Runtime's workers are still spinning from the step just run, and a
+        # multi-threaded PyTorch operator would wait for the cores they hold (measured: a batch of 8 sampled three
+        # times slower so). The choice is tiny next to the step either way.
+        torch.set_num_threads(1)
+        try:
+            scores = torch.from_numpy(logits)
+            if processors:
+                scores = processors(torch.from_numpy(tokens), scores)
+            if do_sample:
+                return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1).numpy()
+            return torch.argmax(scores, dim=-1).numpy()
+        finally:
+            torch.set_num_threads(threads)
 
     def _max_new_tokens(self, given: int | None, prompt_length: int) -> int:
         if given is None:

@@ -27,7 +27,8 @@ ONNX_FILE = "model.onnx"
 DECODER_FILE = "decoder.json"
 # The format of decoder.json and of the graph's inputs and outputs; a host checks it before driving the graph.
 DECODER_FORMAT = 1
-OPSET = 18
+# 23: each RMS norm is one operator (RMSNormalization) instead of six.
+OPSET = 23
 
 
 def _require(module: str):
