@@ -110,8 +110,68 @@ def export_decoder(model, path: str | os.PathLike) -> Path:
         )
     _name_axes(program.model, description)
     program.save(str(temporary), external_data=False)
+    _simplify_lstm_outputs(temporary)
     os.replace(temporary, path)
     return path
+
+
+def _simplify_lstm_outputs(path: Path) -> None:
+    """Rewrite how each LSTM operator's output reaches the rest of the graph, in fewer operators.
+
+    ONNX's LSTM returns (sequence, directions, batch, hidden); the exporter turns that into (batch, sequence,
+    hidden) with a transpose, a reshape to a shape computed at run time (about eight small operators) and another
+    transpose. With one direction, dropping the directions axis and swapping the first two is the same tensor:
+    two operators. In a one-token step every operator costs microseconds, and this is a tenth of an LSTM model's
+    step. Where the pattern is not the expected one the graph is left as it was."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only_consumer(name: str, op_type: str):
+        users = [node for node in consumers.get(name, []) if node.op_type != "Shape"]
+        return users[0] if len(users) == 1 and users[0].op_type == op_type else None
+
+    replaced, added = set(), []
+    for index, node in enumerate(graph.node):
+        if node.op_type != "LSTM" or any(a.name == "direction" and a.s != b"forward" for a in node.attribute):
+            continue
+        first = only_consumer(node.output[0], "Transpose")
+        reshape = first and only_consumer(first.output[0], "Reshape")
+        last = reshape and only_consumer(reshape.output[0], "Transpose")
+        if not (first and last and list(first.attribute[0].ints) == [0, 2, 1, 3]
+                and list(last.attribute[0].ints) == [1, 0, 2]):
+            continue
+        axes = f"{node.output[0]}__directions_axis"
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), axes))
+        squeezed = f"{node.output[0]}__one_direction"
+        added.append((index, [
+            helper.make_node("Squeeze", [node.output[0], axes], [squeezed]),
+            helper.make_node("Transpose", [squeezed], [last.output[0]], perm=[1, 0, 2]),
+        ]))
+        replaced.update(id(n) for n in (first, reshape, last))
+    if not added:
+        return
+    nodes = [node for node in graph.node if id(node) not in replaced]
+    for index, new in reversed(added):
+        position = next(i for i, n in enumerate(nodes) if n is graph.node[index]) + 1
+        nodes[position:position] = new
+    # Drop what only fed the removed operators (the run-time shape computation).
+    outputs = {value.name for value in graph.output}
+    while True:
+        used = {name for node in nodes for name in node.input} | outputs
+        kept = [node for node in nodes if any(name in used for name in node.output)]
+        if len(kept) == len(nodes):
+            break
+        nodes = kept
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(path))
 
 
 def _name_axes(ir_model, description: dict) -> None:
