@@ -245,6 +245,25 @@ def test_fast_generator_runs_an_export_folder(exported):
     assert torch.equal(fast.generate(ids, attention_mask=mask, max_new_tokens=10), expected)
 
 
+@pytest.mark.slow
+def test_exported_lstm_output_takes_the_short_path(tmp_path):
+    """Each LSTM operator's sequence output reaches the graph through Squeeze and Transpose only (the exporter's
+    run-time reshape chain is rewritten); that this graph computes the model's function is what the decoding tests
+    above check."""
+    import onnx
+
+    from yuyan.fast.onnx import export_decoder
+
+    path = export_decoder(layout_model("lstm_first"), tmp_path / "model.onnx")
+    graph = onnx.load(str(path)).graph
+    lstms = [node for node in graph.node if node.op_type == "LSTM"]
+    assert len(lstms) == 2
+    for lstm in lstms:
+        users = [node.op_type for node in graph.node if lstm.output[0] in node.input]
+        assert users == ["Squeeze"]
+    assert not any(node.op_type == "Shape" and node.input[0] in {l.output[0] for l in lstms} for node in graph.node)
+
+
 def test_export_refuses_a_folder_that_is_not_a_model(tmp_path):
     from yuyan.fast.onnx import export_onnx
 

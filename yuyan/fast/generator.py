@@ -31,7 +31,14 @@ import numpy as np
 import torch
 
 from yuyan.fast.decoder import check_supported
-from yuyan.fast.onnx import DECODER_FILE, ONNX_FILE, OnnxDecoder, decoder_description, export_decoder
+from yuyan.fast.onnx import (
+    DECODER_FILE,
+    ONNX_FILE,
+    OnnxDecoder,
+    decoder_description,
+    export_decoder,
+    import_onnx_package,
+)
 
 # Where prepared decoders are kept unless `cache_dir` (or YUYAN_CACHE) says otherwise.
 DEFAULT_CACHE = Path("~/.cache/yuyan/fast")
@@ -77,15 +84,13 @@ def preparation_key(model) -> str:
     """A digest of everything the exported graph depends on: the weights, the configuration and the exporting
     software (torch, onnx, and the source of the decoder and its export). Two models with equal weights and
     configuration share one prepared decoder."""
-    import onnx
-
     import yuyan.fast.decoder
     import yuyan.fast.onnx
 
     digest = hashlib.sha256()
     digest.update(json.dumps(decoder_description(model.config), sort_keys=True).encode())
     digest.update(model.config.to_json_string(use_diff=False).encode())
-    digest.update(f"{torch.__version__}|{onnx.__version__}".encode())
+    digest.update(f"{torch.__version__}|{import_onnx_package('onnx').__version__}".encode())
     for module in (yuyan.fast.decoder, yuyan.fast.onnx):
         digest.update(Path(module.__file__).read_bytes())
     for name, tensor in sorted(model.state_dict().items()):

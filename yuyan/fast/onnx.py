@@ -31,7 +31,7 @@ DECODER_FORMAT = 1
 OPSET = 23
 
 
-def _require(module: str):
+def import_onnx_package(module: str):
     try:
         return __import__(module)
     except ImportError:
@@ -71,8 +71,8 @@ def decoder_description(config) -> dict:
 def export_decoder(model, path: str | os.PathLike) -> Path:
     """Write `model`'s stateful decoder as an ONNX file at `path` (float32; a model in another dtype is exported
     from a float32 copy). Returns the path."""
-    _require("onnx")
-    _require("onnxscript")
+    import_onnx_package("onnx")
+    import_onnx_package("onnxscript")
     check_supported(model)
     if next(model.parameters()).dtype != torch.float32:
         model = copy.deepcopy(model).float()
@@ -224,7 +224,7 @@ class OnnxDecoder:
     """
 
     def __init__(self, folder: str | os.PathLike, threads: int | None = None):
-        ort = _require("onnxruntime")
+        ort = import_onnx_package("onnxruntime")
         folder = Path(folder)
         description = json.loads((folder / DECODER_FILE).read_text(encoding="utf-8"))
         if description.get("format") != DECODER_FORMAT:
