@@ -40,6 +40,9 @@ from yuyan.corpus import python_documentation
 from yuyan.gguf_export import GGUF_DTYPES, export_to_gguf
 from yuyan.tokenization import special_token_ids, train_tokenizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import TokenClock  # noqa: E402  (bench/throughput.py, beside this script)
+
 # The decoding benchmark's dimensions (bench/throughput.py, BENCHMARKS.md "Decoding"), attention only.
 DIMS = dict(
     vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
@@ -69,22 +72,9 @@ def llama_cpp_decode_rate(llm, prompt: list[int], new_tokens: int) -> float:
     return new_tokens / elapsed
 
 
-class _Clock:
-    """A streamer noting when each token arrives (the first `put` is the prompt)."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def put(self, value):
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
-
-
 def fast_generator_rate(generator, prompt: list[int], new_tokens: int) -> float:
     """Tokens/s of the one-token steps after the prompt's evaluation and first token, as for llama.cpp."""
-    clock = _Clock()
+    clock = TokenClock()
     generator.generate(torch.tensor([prompt]), max_new_tokens=new_tokens + 1, min_new_tokens=new_tokens + 1,
                        eos_token_id=[], pad_token_id=0, streamer=clock)
     return new_tokens / (clock.times[-1] - clock.times[1])

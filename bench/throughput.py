@@ -218,8 +218,9 @@ def bench_decoding(args) -> dict[str, dict]:
     return results
 
 
-class _Clock:
-    """A streamer that notes when each token arrives: the first `put` is the prompt, the next ones new tokens."""
+class TokenClock:
+    """A streamer that notes when each token arrives: the first `put` is the prompt, the next ones new tokens
+    (bench/llama_cpp_decode.py times FastGenerator with it too)."""
 
     def __init__(self):
         self.times: list[float] = []
@@ -284,7 +285,7 @@ def bench_fast(args) -> dict[str, dict]:
         for name, generator in fast.items():
             values = []
             for _ in range(args.repeats):
-                clock = _Clock()
+                clock = TokenClock()
                 generator.generate(prompt, max_new_tokens=args.long_new, min_new_tokens=args.long_new, eos_token_id=[],
                                    pad_token_id=0, streamer=clock)
                 values.append(clock.rate_after_prompt(1))
