@@ -492,3 +492,45 @@ def test_f16_and_q8_0_in_llama_cpp_predict_the_same_next_tokens(tmp_path, llama_
     assert warned and all("n_ctx_train (512)" in warning for warning in warned), warned
     agreement = float((predicted == expected).mean())
     assert agreement >= least, f"{dtype}: top-1 agreement {agreement:.3f} over 256 positions"
+
+
+@pytest.mark.slow
+def test_a_model_made_by_the_commands_runs_in_llama_cpp(tmp_path, llama_cpp):
+    """The whole path with default settings: `yuyan tokenizer train`, `yuyan pretrain` (a tiny attention model),
+    `yuyan export --format gguf`; llama.cpp loads the file without a warning, tokenizes as the saved tokenizer and
+    continues greedily as `generate` does."""
+    from run_helpers import run_cli
+
+    text = "".join(paragraph + "\n\n" for paragraph in paragraphs(80, seed=3))
+    (tmp_path / "train.txt").write_text(text)
+    tokenizer = run_cli(["tokenizer", "train", "--data", str(tmp_path / "train.txt"), "--vocab-size", "300",
+                         "--output", str(tmp_path / "tokenizer")])
+    assert tokenizer.returncode == 0, tokenizer.stderr[-2000:]
+    pretrain = run_cli([
+        "pretrain", "--config", "tiny-attention", "--set", "hidden_size=32", "--set", "num_hidden_layers=2",
+        "--set", "intermediate_size=48", "--set", "max_position_embeddings=256", "--data", str(tmp_path / "train.txt"),
+        "--tokenizer", str(tmp_path / "tokenizer"), "--block-size", "32", "--batch-size", "4", "--max-steps", "20",
+        "--output", str(tmp_path / "run"),
+    ])
+    assert pretrain.returncode == 0, pretrain.stderr[-2000:]
+    assert main(["export", "--format", "gguf", "--dtype", "f32", "--model", str(tmp_path / "run"),
+                 "--output", str(tmp_path / "run.gguf")]) in (0, None)
+
+    model = YuyanForCausalLM.from_pretrained(tmp_path / "run").eval()
+    saved = AutoTokenizer.from_pretrained(tmp_path / "run")
+    sample = "the quiet bridge 2024, 雨 under a grey sky 🌧 near x = [1, 2]"
+    prompt = saved("the old stone bridge", add_special_tokens=False)["input_ids"]
+    expected = model.generate(torch.tensor([prompt]), max_new_tokens=24, min_new_tokens=24, do_sample=False,
+                              eos_token_id=None, pad_token_id=saved.pad_token_id)[0, len(prompt):].tolist()
+    with llama_cpp_log(llama_cpp) as log, llama(llama_cpp, tmp_path / "run.gguf", n_ctx=256, logits_all=True,
+                                                 type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32) as run:
+        assert warnings_in(log) == []
+        assert run.tokenize(sample.encode(), add_bos=False, special=False) == saved(
+            sample, add_special_tokens=False)["input_ids"]
+        run.eval(prompt)
+        generated = []
+        for _ in range(24):
+            token = int(np.argmax(run.scores[run.n_tokens - 1]))
+            generated.append(token)
+            run.eval([token])
+    assert generated == expected
