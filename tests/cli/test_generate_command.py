@@ -308,3 +308,23 @@ def test_through_the_yuyan_command(folders, tmp_path):
     assert result.stdout == ""
     assert result.stderr.startswith("yuyan generate: error: prompt 1 is ")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.slow
+def test_fast_gives_the_same_completions_and_refuses_beams(folders, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("YUYAN_CACHE", str(tmp_path / "cache"))
+    prompt_file = tmp_path / "prompts.txt"
+    prompt_file.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    base = ["--model", folders["hybrid"], "--prompt-file", str(prompt_file), "--max-new-tokens", "16",
+            "--batch-size", "4", "--strategy", "greedy"]
+    plain = run_cli(base, capsys)
+    first = run_cli([*base, "--fast"], capsys)
+    again = run_cli([*base, "--fast"], capsys)
+    assert plain[0] == first[0] == again[0] == 0, first[2]
+    assert first[1] == plain[1] == again[1]  # left-padded batches of different lengths, same text
+    assert "exported (once" in first[2] and "loaded from the cache" in again[2]
+
+    code, out, err = run_cli(["--model", folders["hybrid"], "--prompt", "the", "--fast", "--strategy", "beam"], capsys)
+    assert code != 0 and "--fast does greedy decoding and sampling" in err and "Traceback" not in err
