@@ -127,6 +127,10 @@ class FastGenerator:
         cache_dir: where prepared decoders are kept (default: `$YUYAN_CACHE/fast`, else `~/.cache/yuyan/fast`).
         threads: ONNX Runtime's threads (default: `torch.get_num_threads()`).
 
+    Sampling and logits processors run in PyTorch (so that a seeded run draws `generate`'s random numbers), each
+    step briefly on one thread: `torch.set_num_threads` is process-wide, so other PyTorch work running at the same
+    moment in another thread sees one thread too.
+
     The model's `generation_config` gives the defaults of `generate`'s arguments, as for `model.generate`. Beam
     search and the logits processors other than temperature, top-k, top-p and `min_new_tokens` are not on the fast
     path: asking for them raises a ValueError that points to `model.generate`.
@@ -174,15 +178,17 @@ class FastGenerator:
 
     # -- settings -----------------------------------------------------------------------------------------------
 
-    def _setting(self, name: str, given):
+    @staticmethod
+    def _setting(config, name: str, given):
         if given is not None:
             return given
-        value = getattr(self.generation_config, name, None)
+        value = getattr(config, name, None)
         return GENERATE_DEFAULTS.get(name) if value is None else value
 
-    def _check_generation_config(self) -> None:
+    @staticmethod
+    def _check_generation_config(config) -> None:
         for name, neutral in UNSUPPORTED.items():
-            value = getattr(self.generation_config, name, neutral)
+            value = getattr(config, name, neutral)
             if value is not None and value != neutral:
                 raise ValueError(
                     f"the model's generation config sets {name}={value!r}, which FastGenerator does not apply (it "
@@ -212,16 +218,7 @@ class FastGenerator:
         """Prompt + new tokens, `(batch, prompt + new)`, as `model.generate` returns them; rows that end early are
         filled with the pad token. Arguments left as None take `generation_config` (default: the model's), then
         `generate`'s defaults. Left-padded batches need `attention_mask`."""
-        if generation_config is not None:
-            saved = self.generation_config
-            self.generation_config = generation_config
-            try:
-                return self.generate(
-                    input_ids, attention_mask, max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p,
-                    eos_token_id, pad_token_id, streamer, **unsupported,
-                )
-            finally:
-                self.generation_config = saved
+        config = self.generation_config if generation_config is None else generation_config
         if unsupported.get("num_beams", 1) not in (None, 1):
             raise ValueError(
                 f"num_beams={unsupported['num_beams']}: FastGenerator does greedy decoding and sampling only; for beam "
@@ -234,8 +231,8 @@ class FastGenerator:
                 "min_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, pad_token_id and streamer. "
                 "For other options use model.generate"
             )
-        self._check_generation_config()
-        input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+        self._check_generation_config(config)
+        input_ids = torch.as_tensor(input_ids).to("cpu", torch.long)
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
@@ -245,20 +242,21 @@ class FastGenerator:
                 f"input_ids holds ids outside this model's vocabulary [0, {self.vocab_size}): is the tokenizer "
                 "the model's own?"
             )
-        mask = torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask).long()
+        mask = torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask).to("cpu").long()
         if mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; input_ids has {tuple(input_ids.shape)}")
         if bool((mask.sum(1) == 0).any()):
             raise ValueError("a row of attention_mask has no real token: every prompt needs at least one")
 
-        max_new_tokens = self._max_new_tokens(max_new_tokens, input_ids.shape[1])
-        do_sample = bool(self._setting("do_sample", do_sample))
-        eos = self._setting("eos_token_id", eos_token_id)
+        max_new_tokens = self._max_new_tokens(config, max_new_tokens, input_ids.shape[1])
+        do_sample = bool(self._setting(config, "do_sample", do_sample))
+        eos = self._setting(config, "eos_token_id", eos_token_id)
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        pad = self._setting("pad_token_id", pad_token_id)
+        pad = self._setting(config, "pad_token_id", pad_token_id)
         if pad is None and eos:
             pad = eos[0]
-        processors = self._processors(input_ids.shape[1], min_new_tokens, eos, do_sample, temperature, top_k, top_p)
+        processors = self._processors(config, input_ids.shape[1], min_new_tokens, eos, do_sample, temperature, top_k,
+                                      top_p)
 
         if streamer is not None:
             streamer.put(input_ids.cpu())
@@ -316,17 +314,18 @@ class FastGenerator:
         finally:
             torch.set_num_threads(threads)
 
-    def _max_new_tokens(self, given: int | None, prompt_length: int) -> int:
+    @staticmethod
+    def _max_new_tokens(config, given: int | None, prompt_length: int) -> int:
         if given is None:
-            given = self.generation_config.max_new_tokens
+            given = config.max_new_tokens
         if given is None:
-            max_length = self.generation_config.max_length or GENERATE_DEFAULTS["max_length"]
+            max_length = config.max_length or GENERATE_DEFAULTS["max_length"]
             given = max_length - prompt_length
         if given < 1:
             raise ValueError(f"max_new_tokens={given}: give at least 1 new token")
         return int(given)
 
-    def _processors(self, prompt_length, min_new_tokens, eos, do_sample, temperature, top_k, top_p):
+    def _processors(self, config, prompt_length, min_new_tokens, eos, do_sample, temperature, top_k, top_p):
         """transformers' logits processors, in `generate`'s order."""
         from transformers.generation import (
             LogitsProcessorList,
@@ -340,9 +339,9 @@ class FastGenerator:
         if min_new_tokens and eos:
             processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, min_new_tokens, torch.tensor(eos)))
         if do_sample:
-            temperature = self._setting("temperature", temperature)
-            top_k = self._setting("top_k", top_k)
-            top_p = self._setting("top_p", top_p)
+            temperature = self._setting(config, "temperature", temperature)
+            top_k = self._setting(config, "top_k", top_k)
+            top_p = self._setting(config, "top_p", top_p)
             if temperature is not None and temperature != 1.0:
                 processors.append(TemperatureLogitsWarper(temperature))
             if top_k:

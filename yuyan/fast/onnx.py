@@ -74,8 +74,10 @@ def export_decoder(model, path: str | os.PathLike) -> Path:
     import_onnx_package("onnx")
     import_onnx_package("onnxscript")
     check_supported(model)
-    if next(model.parameters()).dtype != torch.float32:
-        model = copy.deepcopy(model).float()
+    weight = next(model.parameters())
+    if weight.dtype != torch.float32 or weight.device.type != "cpu":
+        # The graph is float32 and traced on the CPU, whatever the model was loaded as.
+        model = copy.deepcopy(model).to("cpu", torch.float32)
     model = model.eval()
     config = model.config
     decoder = StatefulDecoder(model).eval()
