@@ -210,8 +210,9 @@ def test_no_import_cycle_between_the_layers_of_a_package():
 
 
 # Besides the package itself: the model and its configuration (for the Auto classes), the pipelines Yuyan
-# registers, and the task table the question-answering pipeline reads its default length from.
-IMPORT_YUYAN_LOADS = ("yuyan.modeling", "yuyan.pipelines", "yuyan.tasks")
+# registers, the task table the question-answering pipeline reads its default length from, and `yuyan.FastGenerator`
+# (whose module imports NumPy and torch only: ONNX packages load when a generator is built).
+IMPORT_YUYAN_LOADS = ("yuyan.modeling", "yuyan.pipelines", "yuyan.tasks", "yuyan.fast")
 
 
 @pytest.mark.slow  # a fresh interpreter, where nothing is imported yet
@@ -224,3 +225,7 @@ def test_import_yuyan_loads_no_training_code():
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     unexpected = [m for m in loaded if not any(m == top or m.startswith(top + ".") for top in IMPORT_YUYAN_LOADS)]
     assert not unexpected, f"`import yuyan` loads {unexpected}"
+    heavy = "import json, sys, yuyan; print(json.dumps(sorted(m for m in ('onnx', 'onnxruntime', 'onnxscript') if m in sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", heavy], env=env, capture_output=True, text=True, timeout=120,
+                            cwd=PACKAGE_DIR.parent)
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [], "`import yuyan` loads the ONNX packages"
