@@ -163,8 +163,10 @@ def test_streamer_receives_the_prompt_then_each_token(pair):
 
 @pytest.mark.slow
 def test_preparation_is_cached_by_weights(tmp_path):
-    model = layout_model("lstm_first")
+    model = layout_model("lstm_first").train()
     first = FastGenerator(model, cache_dir=tmp_path, threads=1)
+    assert model.training  # exporting leaves the caller's model in the mode it was in
+    model.eval()
     again = FastGenerator(model, cache_dir=tmp_path, threads=1)
     assert not first.preparation.from_cache and again.preparation.from_cache
     assert again.preparation.path == first.preparation.path

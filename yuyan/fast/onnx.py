@@ -78,9 +78,8 @@ def export_decoder(model, path: str | os.PathLike) -> Path:
     if weight.dtype != torch.float32 or weight.device.type != "cpu":
         # The graph is float32 and traced on the CPU, whatever the model was loaded as.
         model = copy.deepcopy(model).to("cpu", torch.float32)
-    model = model.eval()
     config = model.config
-    decoder = StatefulDecoder(model).eval()
+    decoder = StatefulDecoder(model)
     layout = state_layout(config)
 
     batch, length, past = 2, 3, 4  # distinct sizes, so that the tracer cannot confuse the axes
@@ -103,13 +102,18 @@ def export_decoder(model, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            decoder, example, dynamic_shapes=tuple(dynamic), input_names=description["inputs"],
-            output_names=description["outputs"], opset_version=OPSET, dynamo=True, verbose=False,
-            external_data=False, optimize=True,
-        )
+    training = model.training
+    model.eval()  # traced without dropout; the caller's model gets its mode back below
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                decoder, example, dynamic_shapes=tuple(dynamic), input_names=description["inputs"],
+                output_names=description["outputs"], opset_version=OPSET, dynamo=True, verbose=False,
+                external_data=False, optimize=True,
+            )
+    finally:
+        model.train(training)
     _name_axes(program.model, description)
     program.save(str(temporary), external_data=False)
     _simplify_lstm_outputs(temporary)
