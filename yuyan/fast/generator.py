@@ -21,7 +21,6 @@ reused by every later `FastGenerator` of the same model (`generator.preparation`
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -35,9 +34,8 @@ from yuyan.fast.onnx import (
     DECODER_FILE,
     ONNX_FILE,
     OnnxDecoder,
-    decoder_description,
-    export_decoder,
     import_onnx_package,
+    write_decoder_folder,
 )
 
 # Where prepared decoders are kept unless `cache_dir` (or YUYAN_CACHE) says otherwise.
@@ -88,13 +86,20 @@ def preparation_key(model) -> str:
     import yuyan.fast.onnx
 
     digest = hashlib.sha256()
-    digest.update(json.dumps(decoder_description(model.config), sort_keys=True).encode())
+    # decoder.json is derived from the configuration and the decoder's source, both hashed here.
     digest.update(model.config.to_json_string(use_diff=False).encode())
     digest.update(f"{torch.__version__}|{import_onnx_package('onnx').__version__}".encode())
     for module in (yuyan.fast.decoder, yuyan.fast.onnx):
         digest.update(Path(module.__file__).read_bytes())
-    for name, tensor in sorted(model.state_dict().items()):
+    # Each storage once: a tied head names the embedding's storage again (the name says it is shared).
+    seen = {}
+    for name, tensor in sorted(model.state_dict(keep_vars=True).items()):
         digest.update(name.encode())
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if key in seen:
+            digest.update(f"={seen[key]}".encode())
+            continue
+        seen[key] = name
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:32]
@@ -103,7 +108,7 @@ def preparation_key(model) -> str:
 def prepare(model, cache_dir: str | os.PathLike | None = None) -> Preparation:
     """The prepared decoder of `model`: from the cache when there, else exported into it (atomically: a folder
     appears whole or not at all, so concurrent preparations of one model are harmless)."""
-    from yuyan.files import publish_folder, staging_dir, write_json_atomic
+    from yuyan.files import publish_folder, staging_dir
 
     started = time.perf_counter()
     root = _cache_root(cache_dir)
@@ -111,8 +116,7 @@ def prepare(model, cache_dir: str | os.PathLike | None = None) -> Preparation:
     if (folder / ONNX_FILE).is_file() and (folder / DECODER_FILE).is_file():
         return Preparation(folder, True, time.perf_counter() - started)
     with staging_dir(root, prefix=f".{folder.name}.tmp-") as staging:
-        export_decoder(model, staging / ONNX_FILE)
-        write_json_atomic(staging / DECODER_FILE, decoder_description(model.config))
+        write_decoder_folder(model, staging)
         if not folder.exists():
             publish_folder(staging, folder)
     return Preparation(folder, False, time.perf_counter() - started)

@@ -197,11 +197,20 @@ def _name_axes(ir_model, description: dict) -> None:
             value.shape = ir.Shape(list(names[value.name]))
 
 
+def write_decoder_folder(model, folder: Path) -> None:
+    """The two files every decoder folder holds, the graph and its description (decoder.json), written into
+    `folder` (a staging folder that the caller renames into place)."""
+    from yuyan.files import write_json_atomic
+
+    export_decoder(model, folder / ONNX_FILE)
+    write_json_atomic(folder / DECODER_FILE, decoder_description(model.config))
+
+
 def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False) -> dict:
     """`yuyan export --format onnx`: the model folder's stateful decoder, decoder.json, tokenizer and generation
     config, written into a staging folder and renamed into place as a whole."""
     from yuyan.export import _copy_tokenizer_and_generation_config
-    from yuyan.files import check_output_folder, publish_folder, staging_dir, write_json_atomic
+    from yuyan.files import check_output_folder, publish_folder, staging_dir
     from yuyan.loading import load_pretrained
     from yuyan.modeling import YuyanForCausalLM
 
@@ -211,8 +220,7 @@ def export_onnx(model_dir: str | os.PathLike, output_dir: str | os.PathLike, ove
     check_output_folder(output_dir, overwrite, "pass --overwrite (overwrite=True) to replace it")
     model = load_pretrained(YuyanForCausalLM, model_dir)
     with staging_dir(output_dir.parent, prefix=f".{output_dir.name}.tmp-") as staging:
-        export_decoder(model, staging / ONNX_FILE)
-        write_json_atomic(staging / DECODER_FILE, decoder_description(model.config))
+        write_decoder_folder(model, staging)
         copied = _copy_tokenizer_and_generation_config(model_dir, staging)
         check_output_folder(output_dir, overwrite, "pass --overwrite (overwrite=True) to replace it")
         publish_folder(staging, output_dir)
