@@ -123,6 +123,19 @@ def test_pretraining_card_parses_back_with_the_runs_own_numbers(pretrained):
         assert heading in text
 
 
+def test_the_training_line_names_the_optimizer_and_the_chosen_dropout():
+    from yuyan.cards import _pretraining_hyperparameters
+    from yuyan.records import PretrainMetrics
+
+    training = {"learning_rate": 0.003, "optimizer": "muon", "weight_decay": 0.1, "seed": 1}
+    chosen = PretrainMetrics(regularisation={"planned_passes": 9.61, "hidden_dropout": 0.1})
+    line = _pretraining_hyperparameters(training, chosen, 256)
+    assert "Muon on the hidden matrices, AdamW (weight decay 0.1) on the rest" in line
+    assert "hidden dropout 0.1 (chosen for about 9.6 planned passes over the training text)" in line
+    plain = _pretraining_hyperparameters({**training, "optimizer": "adamw"}, PretrainMetrics(), 256)
+    assert "Muon" not in plain and "dropout" not in plain and "AdamW (weight decay 0.1)" in plain
+
+
 def test_stack_tags_follow_the_layers(model_folder):
     metrics = {"validation_loss": 3.0, "validation_perplexity": 20.085536923187668, "parameters": 1000,
                "layer_types": ["lstm", "lstm"]}

@@ -55,6 +55,9 @@ def test_pretraining_metrics_keep_their_key_order():
     values = {name: index for index, name in enumerate(names)}
     record = PretrainMetrics(**values)
     assert list(record.to_dict()) == names and record.to_dict() == values
+    # The dropout chosen from the planned passes is written only when the run chose one.
+    chosen = {"planned_passes": 9.6, "hidden_dropout": 0.1}
+    assert PretrainMetrics(**values, regularisation=chosen).to_dict() == {**values, "regularisation": chosen}
 
 
 def test_broken_files_are_named_in_the_error(tmp_path):

@@ -336,7 +336,12 @@ def _pretraining_hyperparameters(training: dict[str, Any], metrics: PretrainMetr
         get("adam_beta2")) else []
     if _recorded(get("weight_decay")):
         adam.append(f"weight decay {_value(get('weight_decay'))}")
-    parts.append("AdamW" + (f" ({'; '.join(adam)})" if adam else ""))
+    adamw = "AdamW" + (f" ({'; '.join(adam)})" if adam else "")
+    parts.append(f"Muon on the hidden matrices, {adamw} on the rest" if get("optimizer") == "muon" else adamw)
+    if metrics.regularisation:
+        chosen = metrics.regularisation
+        parts.append(f"hidden dropout {_value(chosen['hidden_dropout'])} (chosen for about "
+                     f"{chosen['planned_passes']:.1f} planned passes over the training text)")
     if _recorded(get("max_grad_norm")):
         parts.append(f"gradient clipping {_value(get('max_grad_norm'))}" if get("max_grad_norm") else
                      "no gradient clipping")

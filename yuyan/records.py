@@ -113,6 +113,7 @@ class PretrainMetrics(_Record):
 
     FILE: ClassVar[str] = METRICS_FILE
     is_finetuning: ClassVar[bool] = False
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("regularisation",)
 
     validation_loss: float | None = None
     validation_perplexity: float | None = None
@@ -132,6 +133,9 @@ class PretrainMetrics(_Record):
     time_history: list | None = None
     train_data: Any = None
     validation_data: Any = None
+    # The planned passes over the training text and the hidden dropout they chose (absent when the model's dropout
+    # was asked for, or the data was streamed).
+    regularisation: dict[str, float] | None = None
 
 
 @dataclass

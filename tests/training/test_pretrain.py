@@ -360,10 +360,12 @@ class WorkClock:
         self._handle.remove()
 
 
-def budget_run(corpus, output: Path, clock: WorkClock, dropout: float = 0.0, **training) -> dict:
+def budget_run(corpus, output: Path, clock: WorkClock, dropout: float | None = 0.0, **training) -> dict:
+    """A tiny run on the fake clock; `dropout=None` leaves the model's hidden_dropout unasked (the planned passes
+    choose it)."""
     from yuyan.training.pretrain import pretrain
 
-    overrides = {**parse_set(TINY), "hidden_dropout": dropout}
+    overrides = {**parse_set(TINY), **({} if dropout is None else {"hidden_dropout": dropout})}
     model_values, args = resolve_config(
         "tiny-hybrid", overrides,
         {"data": [str(corpus["train"])], "validation_data": [str(corpus["valid"])], "tokenizer": str(corpus["tokenizer"]),
@@ -465,12 +467,62 @@ def test_the_first_budget_reached_ends_the_run_and_the_schedule(tmp_path, corpus
     assert math.isclose(final_learning_rate(out), 1e-3 * 0.1, rel_tol=1e-6)
 
 
+def saved_dropout(output: Path) -> float:
+    return json.loads((output / "config.json").read_text())["hidden_dropout"]
+
+
 @pytest.mark.slow
-def test_resume_with_a_time_budget_is_exact(tmp_path, corpus, one_thread):
-    # Dropout on, and steps slower from the 30th on: after a crash at step 47 (after the plan, a re-plan and the
-    # checkpoint at step 40), the resumed run (as slow) follows the plans made before the crash, re-plans as the
-    # uninterrupted run did, and ends with its weights, bit for bit.
-    training = {"max_minutes": 1.0, "save_steps": 10, "dropout": 0.1}
+def test_the_planned_passes_choose_the_dropout(tmp_path, corpus, one_thread):
+    # A time budget: the step time is measured first (no dropout yet), then the plan (0.5 s a step: about 115
+    # steps, over two epochs of this corpus) turns dropout on for the rest of the run.
+    timed = budget_run(corpus, tmp_path / "timed", WorkClock(), dropout=None, max_minutes=1.0,
+                       multi_pass_dropout=0.2, multi_pass_threshold=1.5)
+    chosen = timed["regularisation"]
+    state = final_state(tmp_path / "timed")
+    assert chosen["hidden_dropout"] == 0.2 and chosen["planned_passes"] > 1.5 and state["epoch"] >= 2
+    assert saved_dropout(tmp_path / "timed") == 0.2
+    # Against the same run with no dropout: the same losses until the plan (made after step planned_at - 1;
+    # dropout is on from the next step, the new schedule from the one after), other losses from there on.
+    plain = budget_run(corpus, tmp_path / "plain", WorkClock(), dropout=0.0, max_minutes=1.0)
+    planned_at = final_state(tmp_path / "plain")["schedule"]["planned_at"]
+    assert "regularisation" not in plain and planned_at == state["schedule"]["planned_at"]
+    assert [loss for step, loss in timed["loss_history"] if step < planned_at] == [
+        loss for step, loss in plain["loss_history"] if step < planned_at]
+    assert all(a != b for (step, a), (_, b) in zip(timed["loss_history"], plain["loss_history"]) if step >= planned_at)
+    # The same budget under a higher threshold: no dropout, the plain run's losses throughout.
+    under = budget_run(corpus, tmp_path / "under", WorkClock(), dropout=None, max_minutes=1.0,
+                       multi_pass_threshold=chosen["planned_passes"] + 0.5)
+    assert under["regularisation"]["hidden_dropout"] == 0.0 and under["loss_history"] == plain["loss_history"]
+
+    # A step budget fixes the plan, and the dropout, from the first step on.
+    many = budget_run(corpus, tmp_path / "many", WorkClock(), dropout=None, max_steps=20, multi_pass_threshold=0.01)
+    without = budget_run(corpus, tmp_path / "without", WorkClock(), dropout=0.0, max_steps=20)
+    assert many["regularisation"]["hidden_dropout"] == 0.1  # the default multi_pass_dropout
+    assert saved_dropout(tmp_path / "many") == 0.1
+    assert all(a != b for (_, a), (_, b) in zip(many["loss_history"], without["loss_history"], strict=True))
+    # A dropout asked for holds whatever the budget.
+    asked = budget_run(corpus, tmp_path / "asked", WorkClock(), dropout=0.05, max_steps=20, multi_pass_threshold=0.01)
+    assert "regularisation" not in asked and saved_dropout(tmp_path / "asked") == 0.05
+
+
+@pytest.mark.parametrize("field, value", [("multi_pass_dropout", 1.0), ("multi_pass_dropout", -0.1),
+                                          ("multi_pass_threshold", 0)])
+def test_the_multi_pass_settings_are_checked(field, value):
+    from yuyan.training.pretrain import PretrainArguments
+
+    with pytest.raises(ValueError, match=f"{field}={value} is not allowed"):
+        PretrainArguments(**{field: value}).validate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dropout", [{"dropout": 0.1}, {"dropout": None, "multi_pass_threshold": 0.5}],
+                         ids=["asked-for", "chosen-by-the-plan"])
+def test_resume_with_a_time_budget_is_exact(tmp_path, corpus, one_thread, dropout):
+    # Dropout on (asked for, or chosen by the plan made before the crash), and steps slower from the 30th on:
+    # after a crash at step 47 (after the plan, a re-plan and the checkpoint at step 40), the resumed run (as
+    # slow) follows the plans made before the crash, re-plans as the uninterrupted run did, and ends with its
+    # weights, bit for bit.
+    training = {"max_minutes": 1.0, "save_steps": 10, **dropout}
     straight = budget_run(corpus, tmp_path / "straight", WorkClock(change_at=30, later=0.6), **training)
     out = tmp_path / "crashed"
     with pytest.raises(Crash):

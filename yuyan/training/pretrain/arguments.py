@@ -49,6 +49,9 @@ class PretrainArguments:
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: none)"})
+    # Regularisation that follows the budget: a run that reads its text many times memorises it.
+    multi_pass_dropout: float = field(default=0.1, metadata={"help": "the model's hidden dropout when the run is planned to read its training text more than --multi-pass-threshold times (decided once the run's length is known; shorter runs and streamed data train without; 0: never). A model.hidden_dropout given in the config or with --set is used instead, whatever the budget"})
+    multi_pass_threshold: float = field(default=4.0, metadata={"help": "planned passes over the training text above which --multi-pass-dropout applies"})
     mixed_precision: str = field(default="no", metadata={"help": "no | bf16 | fp16 (bf16 is the fast path on CPUs with AMX)"})
     seed: int = field(default=42, metadata={"help": "seed of weights, data order and dropout"})
     # evaluation, logging, checkpoints
@@ -78,6 +81,10 @@ class PretrainArguments:
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is unknown; allowed: no, bf16, fp16.")
         if self.learning_rate <= 0 or not 0 <= self.min_learning_rate_ratio <= 1:
             raise ValueError("learning_rate must be positive and min_learning_rate_ratio in [0, 1].")
+        if not 0 <= self.multi_pass_dropout < 1:
+            raise ValueError(f"multi_pass_dropout={self.multi_pass_dropout} is not allowed: it must be in [0, 1).")
+        if self.multi_pass_threshold <= 0:
+            raise ValueError(f"multi_pass_threshold={self.multi_pass_threshold} is not allowed: it must be positive.")
         if self.data and self.dataset:
             raise ValueError("give either --data files or --dataset, not both.")
         if self.txt_split not in ("paragraph", "line", "file"):

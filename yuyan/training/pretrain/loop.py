@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from yuyan.files import move_into, publish_folder, staging_dir, write_json_atomic
 from yuyan.modeling import YuyanConfig, YuyanForCausalLM
+from yuyan.modeling.modeling_yuyan import YuyanDecoderLayer
 from yuyan.records import METRICS_FILE, RUN_FILE, PretrainMetrics, PretrainRun, metrics_from_dict, read_run
 from yuyan.training.distributed import on_every_process, on_main_process
 from yuyan.training.pretrain.arguments import PretrainArguments
@@ -240,9 +241,12 @@ class PretrainLoop:
     checkpoints) is one method each. `state` is what a checkpoint saves beside Accelerate's own state."""
 
     def __init__(self, args: PretrainArguments, accelerator: Accelerator, model: YuyanForCausalLM,
-                 train_loader: DataLoader, validation_loader: DataLoader, output: Path, clock):
+                 train_loader: DataLoader, validation_loader: DataLoader, output: Path, clock,
+                 dropout_by_passes: bool = False):
         self.args, self.accelerator, self.output, self.clock = args, accelerator, output, clock
         self.config = model.config
+        # True when the model's hidden_dropout was not asked for: the run's planned passes choose it.
+        self.dropout_by_passes = dropout_by_passes
         optimizer = make_optimizer(model, args)
         self.model, self.optimizer, self.train_loader, self.validation_loader = accelerator.prepare(
             model, optimizer, train_loader, validation_loader
@@ -258,7 +262,10 @@ class PretrainLoop:
                 )
         self.tokens_per_step = (args.block_size * args.batch_size * args.gradient_accumulation_steps
                                 * accelerator.num_processes)
+        self.steps_per_epoch = steps_per_epoch
         self.state = initial_state(args, steps_per_epoch, self.tokens_per_step)
+        if self.state["schedule"]["total_steps"] is not None:
+            self.regularise_for_plan()
         # The schedule reads the plan from `state`, which a resume replaces with the checkpoint's: the run goes on
         # with the step count fixed before the interruption, whatever the clock says now.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -272,6 +279,8 @@ class PretrainLoop:
         if checkpoint is not None:
             accelerator.load_state(str(checkpoint))
             self.state.update(json.loads((checkpoint / STATE_FILE).read_text()))
+            if "regularisation" in self.state:  # chosen before the interruption: the run goes on with it
+                self.set_hidden_dropout(self.state["regularisation"]["hidden_dropout"])
             accelerator.print(f"Resumed from {checkpoint} at step {self.state['step']}.")
         if args.report_to != "none":
             accelerator.init_trackers("yuyan-pretrain", config={k: v for k, v in asdict(args).items()
@@ -425,6 +434,7 @@ class PretrainLoop:
         # Later re-plans time every training step from here on: [steps, seconds].
         schedule["timed_steps"] = [0, 0.0]
         schedule["evaluation_seconds_per_step"] = seconds_per_step - step_seconds
+        self.regularise_for_plan()
         steps_left = schedule["total_steps"] - state["step"]
         schedule["replan_every"] = max(TIME_MEASURE_STEPS, math.ceil(TIME_REPLAN_SHARE * steps_left))
         schedule["next_replan_step"] = state["step"] + schedule["replan_every"]
@@ -434,8 +444,36 @@ class PretrainLoop:
         self.progress.write(
             f"time budget: {step_seconds:.4f} s a step (measured over {self.measured['steps']} steps), "
             f"{eval_batch_seconds:.4f} s an evaluation batch: the run and its schedule end at step "
-            f"{schedule['total_steps']} (set by {schedule['fixed_by']})."
+            f"{schedule['total_steps']} (set by {schedule['fixed_by']}).{self.describe_regularisation()}"
         )
+
+    def regularise_for_plan(self) -> None:
+        """Choose the hidden dropout from the planned length, once it is fixed (from the start for a step or token
+        budget; after the step time is measured for a time budget; later re-plans keep the choice): a run planned to
+        read its training text more than `multi_pass_threshold` times memorises it without dropout, and trains with
+        `multi_pass_dropout`; a shorter one trains without. Only when the model's hidden_dropout was not asked for,
+        and not on streamed data (whose passes are unknown). Kept in the checkpointed state, so a resume follows it."""
+        if not self.dropout_by_passes or self.steps_per_epoch is None:
+            return
+        passes = self.state["schedule"]["total_steps"] / self.steps_per_epoch
+        dropout = self.args.multi_pass_dropout if passes > self.args.multi_pass_threshold else 0.0
+        self.state["regularisation"] = {"planned_passes": round(passes, 3), "hidden_dropout": dropout}
+        self.set_hidden_dropout(dropout)
+
+    def describe_regularisation(self) -> str:
+        chosen = self.state.get("regularisation")
+        if chosen is None:
+            return ""
+        return (f" About {chosen['planned_passes']:.1f} passes over the training text: hidden dropout "
+                f"{chosen['hidden_dropout']:g}.")
+
+    def set_hidden_dropout(self, dropout: float) -> None:
+        """The dropout on each layer's mixer and MLP output, in the model and in its config (so the saved model says
+        what it was trained with)."""
+        self.config.hidden_dropout = dropout
+        for module in self.accelerator.unwrap_model(self.model).modules():
+            if isinstance(module, YuyanDecoderLayer):
+                module.dropout.p = dropout
 
     def replan_time_budget(self) -> None:
         """Measure the step time again, over every training step since the first plan, and move the end of the run
@@ -532,6 +570,7 @@ class PretrainLoop:
             time_history=state["time_history"],
             train_data=run.data["train"],
             validation_data=run.data["validation"],
+            regularisation=state.get("regularisation"),
         )
 
     def save(self, tokenizer, metrics: dict[str, Any], run: PretrainRun) -> None:

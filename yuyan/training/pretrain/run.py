@@ -172,8 +172,9 @@ def pretrain(
 
     set_seed(args.seed)
     # Built after set_seed (the weights depend on the seed alone) and held by the loop only, which drops it at the end.
-    loop = PretrainLoop(args, accelerator, YuyanForCausalLM(config), *make_loaders(args, train_blocks,
-                                                                                   validation_blocks), output, clock)
+    # A hidden_dropout asked for holds for any budget; otherwise the run's planned passes choose it.
+    loop = PretrainLoop(args, accelerator, YuyanForCausalLM(config), *make_loaders(args, train_blocks, validation_blocks),
+                        output, clock, dropout_by_passes="hidden_dropout" not in settings.requested)
     loop.resume(resume_from)
     # Fit, evaluate, save.
     stop_reason = loop.fit()
